@@ -1,0 +1,231 @@
+"""The Coupontools v3 API client: the one boundary where HTTP, aiohttp and JSON errors become ours.
+
+httpx is the API; underneath runs the httpx-aiohttp transport, because httpx's own async pool slows
+down as concurrency rises (measured: 478 req/s at 20 in flight, 328 at 100, against 2,850 over aiohttp).
+Tests inject `httpx.MockTransport` for what the sandbox cannot produce.
+
+Reading an answer (`read_answer`) is a pure function of status, headers and body, so both error
+envelopes, every HTTP status and every malformed body are tested without a socket.
+"""
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from worker.catalogue import ErrorClass
+from worker.errors import (APIError, CoupontoolsError, HTTPStatusError, MaybeSentError, NotSentError,
+                           ProtocolError)
+
+USERS_PER_PAGE = 100
+MAX_DIRECTORY_PAGES = 100_000  # a guard against an API that never returns a short page
+
+
+@dataclass(frozen=True)
+class Credentials:
+    client_id: str
+    client_secret: str = field(repr=False)
+
+    def headers(self) -> dict[str, str]:
+        return {"X-Client-Id": self.client_id, "X-Client-Secret": self.client_secret}
+
+
+class CoupontoolsClient:
+    """One long-lived client per process (or per command): keep-alive, bounded connections."""
+
+    def __init__(self, *, base_url: str, credentials: Credentials, timeout: httpx.Timeout | None = None,
+                 max_connections: int = 100, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers={**credentials.headers(), "Accept": "application/json"},
+            timeout=timeout or httpx.Timeout(30.0, connect=5.0),
+            transport=transport or AiohttpTransport(limits=limits),
+        )
+
+    async def __aenter__(self) -> CoupontoolsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def call(self, endpoint: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """POST `payload` to `endpoint`; the success envelope as a dict, or a CoupontoolsError."""
+        try:
+            response = await self._http.post(endpoint.lstrip("/"), json=dict(payload))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+        return read_answer(response.status_code, response.headers, response.content)
+
+    async def send_sms(self, campaign: str, phone: str, body: str | None = None) -> dict[str, Any]:
+        payload = {"campaign": campaign, "phone": phone}
+        if body:
+            payload["body"] = body
+        return await self.call("send/sms", payload)
+
+    async def send_email(self, campaign: str, email_address: str, subject: str | None = None) -> dict[str, Any]:
+        payload = {"campaign": campaign, "email": email_address}
+        if subject:
+            payload["subject"] = subject
+        return await self.call("send/email", payload)
+
+    async def list_directories(self) -> list[dict[str, str]]:
+        answer = await self.call("directory/list", {})
+        return [_directory_summary(item) for item in _as_list(answer.get("directories"))]
+
+    async def directory_info(self, directory: str) -> dict[str, Any]:
+        answer = await self.call("directory/info", {"directory": directory})
+        info = answer.get("directory")
+        return info if isinstance(info, dict) else answer
+
+    async def directory_users_page(self, directory: str, page: int) -> list[dict[str, Any]]:
+        answer = await self.call("directoryusers/list", {"directory": directory, "page": page})
+        return [user for user in _as_list(answer.get("users")) if isinstance(user, dict)]
+
+    async def iter_directory_users(self, directory: str) -> AsyncIterator[dict[str, Any]]:
+        """Every registered user, page by page (100 a page); stops on a short or empty page."""
+        for page in range(1, MAX_DIRECTORY_PAGES + 1):
+            users = await self.directory_users_page(directory, page)
+            for user in users:
+                yield user
+            if len(users) < USERS_PER_PAGE:
+                return
+
+
+def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> dict[str, Any]:
+    """The success envelope, or the right CoupontoolsError for anything else, whatever the status."""
+    retry_after = parse_retry_after(headers.get("retry-after"))
+    document = _json_or_none(body)
+    state = _envelope_state(document)
+    if state is None:
+        raise _bare_status_error(status, retry_after, body)
+    if state.upper() == "OK" and status < 400:
+        return document  # type: ignore[return-value]
+    code, message = _error_fields(document["status"].get("errors"))  # type: ignore[index]
+    if code is None:
+        if status == 429 or status >= 500:
+            raise _bare_status_error(status, retry_after, body)
+        raise ProtocolError(f"error envelope without an error code (HTTP {status})", http_status=status,
+                            error_class=ErrorClass.FAILED)
+    raise APIError(code, message, http_status=status, retry_after=retry_after)
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _envelope_state(document: Any) -> str | None:
+    """`status.status` of the envelope, or None when the body is not the API's envelope."""
+    if not isinstance(document, dict) or not isinstance(document.get("status"), dict):
+        return None
+    state = document["status"].get("status")
+    return state if isinstance(state, str) and state else None
+
+
+def _error_fields(errors: Any) -> tuple[int | None, str]:
+    """(code, message) from the scalar or the list error envelope."""
+    if not isinstance(errors, dict):
+        return None, ""
+    code = _first(errors.get("error_code"))
+    message = " ".join(str(part) for part in (
+        _first(errors.get("error_message")), _first(errors.get("error_message_description"))) if part)
+    return _lenient_int(code), message
+
+
+def _first(value: Any) -> Any:
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def _lenient_int(value: Any) -> int | None:
+    """Numbers arrive as strings too (`"602"`)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _bare_status_error(status: int, retry_after: float | None, body: bytes) -> CoupontoolsError:
+    """An answer that is not the envelope: its HTTP status decides what it means."""
+    if status == 429 or status == 408 or status >= 500:
+        return HTTPStatusError(f"HTTP {status} from the API", http_status=status, retry_after=retry_after,
+                               error_class=ErrorClass.TEMPORARY)
+    if 200 <= status < 300:
+        # The API may have acted on the request: never resend automatically.
+        return ProtocolError(f"HTTP {status} with a body that is not the API's JSON envelope "
+                             f"({len(body)} bytes)", http_status=status)
+    return HTTPStatusError(f"HTTP {status} without an API error envelope (is the API URL right?)",
+                           http_status=status, retry_after=retry_after, error_class=ErrorClass.RUN)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def transport_error(exc: BaseException) -> CoupontoolsError:
+    """Split a failed exchange into 'surely not sent' and 'maybe sent'."""
+    message = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    if _never_left(exc):
+        return NotSentError(message)
+    return MaybeSentError(message)
+
+
+def _never_left(exc: BaseException) -> bool:
+    """True only when the request cannot have reached the server (no connection was made)."""
+    causes = _causes(exc)
+    if any(isinstance(c, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)) for c in causes):
+        return True
+    if any(isinstance(c, aiohttp.ClientError) for c in causes):
+        return False  # httpx-aiohttp maps e.g. ServerDisconnectedError to ConnectTimeout: look beneath
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+                            httpx.UnsupportedProtocol, httpx.InvalidURL))
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _directory_summary(item: Any) -> dict[str, str]:
+    if not isinstance(item, dict):
+        return {"id": str(item), "name": ""}
+    ident = item.get("ID") or item.get("id") or item.get("directory") or ""
+    return {"id": str(ident), "name": str(item.get("name") or item.get("title") or "")}

@@ -1,0 +1,64 @@
+"""The Redis key layout, in one place. Every key of a run shares the `{run}` hash tag (cluster-safe).
+
+    dispatch:runs                       ZSET   run IDs by creation time
+    dispatch:run:{ID}                   HASH   run metadata: state, channel, directory, total, reason, …
+    dispatch:run:{ID}:rows              HASH   row number → JSON [status, attempts, code, message,
+                                               recipient, owner, due]
+    dispatch:run:{ID}:counts            HASH   status → number of rows
+    dispatch:run:{ID}:due               ZSET   rows waiting to retry, scored by when they may go
+    dispatch:run:{ID}:parked            SET    rows set aside while the run is paused
+    dispatch:run:{ID}:deliveries        HASH   batch task ID → times delivered (poison detection)
+    dispatch:run:{ID}:hold              STRING set while the API asked us to slow down (429); TTL
+    dispatch:suppressed:{channel}       SET    normalised addresses never to contact
+    dispatch:rate:{scope}               HASH   shared token bucket (tokens, stamp)
+    dispatch:active                     SET    runs that may still have work for the sweepers
+    dispatch:workers                    ZSET   worker heartbeats (hostname → last seen)
+"""
+from __future__ import annotations
+
+PREFIX = "dispatch"
+RUNS = f"{PREFIX}:runs"
+WORKERS = f"{PREFIX}:workers"
+ACTIVE = f"{PREFIX}:active"
+
+
+def run(run_id: str) -> str:
+    return f"{PREFIX}:run:{{{run_id}}}"
+
+
+def rows(run_id: str) -> str:
+    return f"{run(run_id)}:rows"
+
+
+def counts(run_id: str) -> str:
+    return f"{run(run_id)}:counts"
+
+
+def due(run_id: str) -> str:
+    return f"{run(run_id)}:due"
+
+
+def parked(run_id: str) -> str:
+    return f"{run(run_id)}:parked"
+
+
+def deliveries(run_id: str) -> str:
+    return f"{run(run_id)}:deliveries"
+
+
+def hold(run_id: str) -> str:
+    return f"{run(run_id)}:hold"
+
+
+def script_keys(run_id: str, channel: str) -> list[str]:
+    """The keys the recipient state scripts (worker.scripts) touch, in the order they expect them."""
+    return [run(run_id), rows(run_id), counts(run_id), due(run_id), parked(run_id), hold(run_id),
+            suppressed(channel)]
+
+
+def suppressed(channel: str) -> str:
+    return f"{PREFIX}:suppressed:{channel}"
+
+
+def rate(scope: str) -> str:
+    return f"{PREFIX}:rate:{{{scope}}}"

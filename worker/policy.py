@@ -1,0 +1,133 @@
+"""Retry policy as configuration: which class each error code gets, how often and how late to retry.
+
+A TOML file (`--policy FILE` or DISPATCH_POLICY) overrides the documented defaults:
+
+    [retry]
+    max_attempts = 3        # attempts in all, the first one included
+    base_delay = 0.1        # seconds; exponential backoff with full jitter
+    max_delay = 1.0
+    [codes]
+    602 = "temporary"       # account, run, invalid, blacklisted, temporary, failed
+    unknown = "failed"      # the class of codes the documentation does not list
+"""
+from __future__ import annotations
+
+import random
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.catalogue import CATALOGUE, CAMPAIGN_301_MARKER, UNKNOWN_CODE_CLASS, ErrorClass, default_class
+from worker.errors import APIError, ConfigError, CoupontoolsError
+
+OVERRIDABLE = frozenset(ErrorClass) - {ErrorClass.UNCERTAIN}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base_delay: float = 30.0
+    max_delay: float = 900.0
+
+    def delay(self, attempt: int, retry_after: float | None = None,
+              rng: random.Random | None = None) -> float:
+        """Seconds before attempt `attempt + 1`: full jitter, never earlier than Retry-After."""
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(0, attempt - 1)))
+        jittered = (rng or random).uniform(0, ceiling)
+        return max(jittered, retry_after or 0.0)
+
+
+@dataclass(frozen=True)
+class Policy:
+    retry: RetryPolicy = RetryPolicy()
+    codes: dict[int, ErrorClass] = field(default_factory=dict)
+    unknown: ErrorClass = UNKNOWN_CODE_CLASS
+
+    def classify(self, error: CoupontoolsError) -> ErrorClass:
+        """The class that decides what happens to a recipient after `error`."""
+        if not isinstance(error, APIError):
+            return error.error_class
+        if error.code == 301 and CAMPAIGN_301_MARKER in error.message.lower():
+            return ErrorClass.RUN  # a campaign problem stays a run problem whatever 301 is mapped to
+        if error.code in self.codes:
+            return self.codes[error.code]
+        if error.code in CATALOGUE:
+            return default_class(error.code, error.message)
+        return self.unknown
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """(code, meaning, class) rows of the effective table, for `dispatch policy`."""
+        rows = []
+        for code, info in sorted(CATALOGUE.items()):
+            cls = self.codes.get(code, info.error_class)
+            rows.append((str(code), info.meaning, str(cls)))
+            if code == 301:
+                rows.append(("301", "…'Invalid character in parameter: campaign'", str(ErrorClass.RUN)))
+        rows.extend((str(code), "(not documented)", str(cls))
+                    for code, cls in sorted(self.codes.items()) if code not in CATALOGUE)
+        rows.append(("other codes", "not documented", str(self.unknown)))
+        rows.append(("HTTP 429, 5xx, connect errors", "not documented", "temporary"))
+        rows.append(("read timeout, dropped connection, garbage 2xx", "maybe sent", "uncertain"))
+        return rows
+
+
+def load_policy(path: Path | str | None) -> Policy:
+    """The policy in a TOML file, or the defaults when no file is given."""
+    if path is None:
+        return Policy()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the policy file {path}: {exc.strerror}.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"The policy file {path} is not valid TOML: {exc}.") from None
+    return parse_policy(data, str(path))
+
+
+def parse_policy(data: dict, origin: str = "policy") -> Policy:
+    unknown_sections = set(data) - {"retry", "codes"}
+    if unknown_sections:
+        raise ConfigError(f"{origin}: unknown section [{sorted(unknown_sections)[0]}].")
+    retry = _parse_retry(data.get("retry", {}), origin)
+    codes, unknown = _parse_codes(data.get("codes", {}), origin)
+    return Policy(retry=retry, codes=codes, unknown=unknown)
+
+
+def _parse_retry(section: object, origin: str) -> RetryPolicy:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{origin}: [retry] must be a table.")
+    known = {"max_attempts": int, "base_delay": float, "max_delay": float}
+    values = {}
+    for key, value in section.items():
+        kind = known.get(key)
+        if kind is None:
+            raise ConfigError(f"{origin}: [retry] has an unknown key {key!r}.")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
+                (kind is int and (not isinstance(value, int) or value < 1)):
+            raise ConfigError(f"{origin}: retry.{key} must be a positive {kind.__name__}, not {value!r}.")
+        values[key] = kind(value)
+    return RetryPolicy(**values)
+
+
+def _parse_codes(section: object, origin: str) -> tuple[dict[int, ErrorClass], ErrorClass]:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{origin}: [codes] must be a table.")
+    codes: dict[int, ErrorClass] = {}
+    unknown = UNKNOWN_CODE_CLASS
+    for key, value in section.items():
+        cls = _error_class(value, f"{origin}: codes.{key}")
+        if key == "unknown":
+            unknown = cls
+            continue
+        try:
+            codes[int(key)] = cls
+        except ValueError:
+            raise ConfigError(f"{origin}: codes.{key} is not an error code (a number, or 'unknown').") from None
+    return codes, unknown
+
+
+def _error_class(value: object, where: str) -> ErrorClass:
+    if isinstance(value, str) and value in OVERRIDABLE:
+        return ErrorClass(value)
+    choices = ", ".join(sorted(OVERRIDABLE))
+    raise ConfigError(f"{where} must be one of {choices}, not {value!r}.")

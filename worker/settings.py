@@ -1,0 +1,77 @@
+"""The one place that reads the environment: every other module is handed a Settings object."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from worker.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.coupontools.com/v3"
+SANDBOX_CREDENTIALS = ("sandbox", "sandbox")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Defaults suit production; tests and the demo pass their own."""
+
+    redis_url: str | None = None  # None: the embedded Redis under `home`
+    home: Path = Path(".dispatch")
+    api_url: str = DEFAULT_API_URL
+    client_id: str | None = field(default=None, repr=False)
+    client_secret: str | None = field(default=None, repr=False)
+    policy_file: Path | None = None
+    batch_size: int = 500  # recipients per Celery task
+    concurrency: int = 200  # requests in flight per worker process
+    account_rate: float | None = None  # default sends/s across all workers when a run sets none
+    request_timeout: float = 30.0  # read timeout for one API call
+    connect_timeout: float = 5.0
+    visibility_timeout: int = 300  # seconds before an unacknowledged batch is redelivered
+    max_deliveries: int = 3  # a batch delivered more often than this is poison
+    max_file_bytes: int = 2 * 1024**3
+    max_rows: int = 5_000_000
+    json_logs: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Settings from the environment (DISPATCH_*, REDIS_URL, COUPONTOOLS_*), then overrides."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {
+            "redis_url": env.get("REDIS_URL") or None,
+            "home": Path(env.get("DISPATCH_HOME") or ".dispatch"),
+            "api_url": env.get("COUPONTOOLS_API_URL") or DEFAULT_API_URL,
+            "client_id": env.get("COUPONTOOLS_CLIENT_ID") or None,
+            "client_secret": env.get("COUPONTOOLS_CLIENT_SECRET") or None,
+            "policy_file": Path(env["DISPATCH_POLICY"]) if env.get("DISPATCH_POLICY") else None,
+        }
+        for name, kind in _NUMERIC.items():
+            raw = env.get(f"DISPATCH_{name.upper()}")
+            if raw:
+                values[name] = _number(name, raw, kind)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+
+_NUMERIC = {
+    "batch_size": int, "concurrency": int, "account_rate": float, "request_timeout": float,
+    "connect_timeout": float, "visibility_timeout": int, "max_deliveries": int,
+    "max_file_bytes": int, "max_rows": int,
+}
+
+
+def _number(name: str, raw: str, kind: type) -> int | float:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"DISPATCH_{name.upper()} must be a number, not {raw!r}.") from None
+    if value <= 0:
+        raise ConfigError(f"DISPATCH_{name.upper()} must be positive, not {raw!r}.")
+    return value
