@@ -20,7 +20,7 @@ from worker.client import CoupontoolsClient, Credentials
 from worker.errors import CoupontoolsError
 from worker.logs import mask
 from worker.outcomes import Outcome, after_error, sent
-from worker.policy import Policy
+from worker.policy import Policy, policy_from_json
 from worker.runs import RunSpec
 from worker.settings import SANDBOX_CREDENTIALS, Settings
 from worker.statuses import SENDING_STATES, RunState, Status
@@ -70,6 +70,7 @@ class Sender:
         self.scripts = scripts.register(self.redis)
         self.transport = transport
         self.clients: dict[tuple[str, str], CoupontoolsClient] = {}
+        self.run_policies: dict[str, Policy] = {}
 
     async def aclose(self) -> None:
         for client in self.clients.values():
@@ -91,6 +92,14 @@ class Sender:
             return await batch.abort_run("this worker has no Coupontools credentials: set "
                                          "COUPONTOOLS_CLIENT_ID and COUPONTOOLS_CLIENT_SECRET")
         return await batch.run(self.client(batch.spec, credentials))
+
+    def policy_for(self, spec: RunSpec) -> Policy:
+        """The policy the run was sent with, else this worker's."""
+        if not spec.policy:
+            return self.policy
+        if spec.policy not in self.run_policies:
+            self.run_policies[spec.policy] = policy_from_json(spec.policy)
+        return self.run_policies[spec.policy]
 
     def credentials(self, spec: RunSpec) -> Credentials | None:
         if spec.sandbox:
@@ -126,6 +135,7 @@ class _Batch:
         self.sender, self.run_id, self.spec, self.owner, self.rows = sender, run_id, spec, owner, rows
         self.keys = keys.script_keys(run_id, spec.channel)
         self.scripts = sender.scripts
+        self.policy = sender.policy_for(spec)
         self.state = RunState.RUNNING
         self.hold_until = 0.0
         self.unsent: dict[int, tuple[str, int]] = {}  # claimed rows not yet handed to the API
@@ -212,7 +222,7 @@ class _Batch:
                 await self.client.send_email(self.spec.directory, recipient, self.spec.subject or None)
             outcome = sent(row)
         except CoupontoolsError as error:
-            outcome = after_error(row, attempts, error, self.sender.policy)
+            outcome = after_error(row, attempts, error, self.policy)
             await self._after_error(row, recipient, error, outcome)
         except Exception as error:  # a bug of ours after the request may have left: never resend
             self.log.exception("unexpected error while sending", row=row)

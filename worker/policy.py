@@ -12,6 +12,7 @@ A TOML file (`--policy FILE` or DISPATCH_POLICY) overrides the documented defaul
 """
 from __future__ import annotations
 
+import json
 import random
 import tomllib
 from dataclasses import dataclass, field
@@ -69,6 +70,19 @@ class Policy:
         rows.append(("HTTP 429, 5xx, connect errors", "not documented", "temporary"))
         rows.append(("read timeout, dropped connection, garbage 2xx", "maybe sent", "uncertain"))
         return rows
+
+
+def policy_to_json(policy: Policy) -> str:
+    """The policy as JSON, stored with a run so every worker applies the policy it was sent with."""
+    return json.dumps({"retry": vars(policy.retry), "codes": {str(k): str(v) for k, v in policy.codes.items()},
+                       "unknown": str(policy.unknown)})
+
+
+def policy_from_json(text: str) -> Policy:
+    data = json.loads(text)
+    return Policy(retry=RetryPolicy(**data["retry"]),
+                  codes={int(k): ErrorClass(v) for k, v in data["codes"].items()},
+                  unknown=ErrorClass(data["unknown"]))
 
 
 def load_policy(path: Path | str | None) -> Policy:

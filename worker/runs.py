@@ -37,6 +37,7 @@ class RunSpec:
     sandbox: bool = False  # use the sandbox credentials instead of the worker's own
     api_url: str = ""  # empty: the worker's configured API URL
     source: str = ""
+    policy: str = ""  # JSON (worker.policy.policy_to_json); empty: each worker's own policy
 
     def to_hash(self) -> dict[str, str]:
         return {k: str(int(v) if isinstance(v, bool) else v) for k, v in asdict(self).items()}
@@ -47,7 +48,7 @@ class RunSpec:
                    subject=data.get("subject", ""), body=data.get("body", ""),
                    region=data.get("region", ""), rate=float(data.get("rate") or 0),
                    sandbox=data.get("sandbox") == "1", api_url=data.get("api_url", ""),
-                   source=data.get("source", ""))
+                   source=data.get("source", ""), policy=data.get("policy", ""))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,84 @@
+"""The Celery tasks: thin shells that take IDs and plain JSON and call worker/ functions."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import structlog
+from celery import signals
+
+from tasks.app import app
+from tasks.runtime import runtime
+from worker import keys
+from worker.ingest import IngestOptions, validate_records
+from worker.logs import configure
+from worker.runs import RunSpec
+
+SWEEP_EVERY = 0.5  # seconds between looks for due retries and stopped runs
+log = structlog.get_logger("dispatch.tasks")
+
+
+def publish_batch(run_id: str, rows: list[int]) -> None:
+    """Queue one batch of rows of a run (the Publisher that worker.runs is handed)."""
+    send_batch.apply_async(args=(run_id, rows))
+
+
+@app.task(name="dispatch.send_batch", bind=True, max_retries=0)
+def send_batch(self, run_id: str, rows: list[int]) -> dict:
+    rt = runtime()
+    structlog.contextvars.bind_contextvars(run_id=run_id, task_id=self.request.id)
+    try:
+        result = rt.loop.run_until_complete(rt.sender.run_batch(run_id, rows, owner=self.request.id))
+        if result.leftover:
+            publish_batch(run_id, result.leftover)
+        if result.stopped:
+            rt.runs.finalize_untried(run_id)
+        return result.tally
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+@app.task(name="dispatch.submit", bind=True, max_retries=0)
+def submit_task(self, *, recipients: list[dict], channel: str, directory: str, body: str = "",
+                subject: str = "", region: str | None = None, run_id: str | None = None,
+                rate: float = 0.0) -> str:
+    """`app.send_task("dispatch.submit", kwargs=…)`: record and queue a run from a producer's list."""
+    rt = runtime()
+    return create_run_from_records(rt.runs, recipients, channel=channel, directory=directory, body=body,
+                                   subject=subject, region=region, run_id=run_id, rate=rate,
+                                   source="celery")
+
+
+def create_run_from_records(runs, recipients, *, channel: str, directory: str, body: str = "",
+                            subject: str = "", region: str | None = None, run_id: str | None = None,
+                            rate: float = 0.0, source: str = "python", sandbox: bool = False,
+                            api_url: str = "") -> str:
+    spec = RunSpec(channel=channel, directory=directory, subject=subject or "", body=body or "",
+                   region=region or "", rate=float(rate or 0), source=source, sandbox=sandbox, api_url=api_url)
+    verdicts = validate_records(recipients, IngestOptions(channel=channel, region=region))
+    return runs.create(spec, verdicts, publish_batch, run_id=run_id)
+
+
+@signals.worker_process_init.connect
+def _child_logging(**_: object) -> None:
+    configure(json_lines=True)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender=None, **_: object) -> None:
+    configure(json_lines=True)
+    name = getattr(sender, "hostname", None) or socket.gethostname()
+    threading.Thread(target=_sweep_forever, args=(name,), name="dispatch-sweeper", daemon=True).start()
+
+
+def _sweep_forever(hostname: str) -> None:
+    """Queue due retries, end untried rows of stopped runs, and say this worker is alive."""
+    runs = runtime().runs
+    while True:
+        try:
+            runs.redis.zadd(keys.WORKERS, {hostname: time.time()})
+            runs.sweep(publish_batch)
+        except Exception:  # keep sweeping through a Redis restart
+            log.exception("sweep failed")
+        time.sleep(SWEEP_EVERY)
