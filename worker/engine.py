@@ -18,6 +18,7 @@ import structlog
 from worker import keys, scripts
 from worker.client import CoupontoolsClient, Credentials
 from worker.errors import CoupontoolsError
+from worker.faults import crash_point
 from worker.logs import mask
 from worker.outcomes import Outcome, after_error, sent
 from worker.policy import Policy, policy_from_json
@@ -26,8 +27,7 @@ from worker.settings import SANDBOX_CREDENTIALS, Settings
 from worker.statuses import SENDING_STATES, RunState, Status
 
 CLAIM_CHUNK = 100  # rows claimed per script call
-FLUSH_SIZE = 200  # outcomes written per script call
-FLUSH_EVERY = 0.1  # seconds: outcomes never wait longer than this to be written
+FLUSH_SIZE = 500  # outcomes written per script call at most
 WATCH_EVERY = 0.25  # seconds between looks at the run's state (pause, cancel) and hold (429)
 DEFAULT_HOLD = 1.0  # seconds the run waits after a 429 without Retry-After
 
@@ -143,6 +143,7 @@ class _Batch:
         self.in_flight: set[asyncio.Task] = set()
         self.semaphore = asyncio.Semaphore(sender.settings.concurrency)
         self.flush_lock = asyncio.Lock()
+        self.has_outcomes = asyncio.Event()
         self.result = BatchResult()
         self.deadline = time.monotonic() + sender.settings.visibility_timeout / 3
         self.log = log.bind(run_id=run_id, batch=owner)
@@ -154,7 +155,7 @@ class _Batch:
     async def run(self, client: CoupontoolsClient) -> BatchResult:
         self.client = client
         self.limiter = self.sender.limiter(self.run_id, self.spec)
-        helpers = [asyncio.create_task(self._watch()), asyncio.create_task(self._flush_periodically())]
+        helpers = [asyncio.create_task(self._watch()), asyncio.create_task(self._flush_continuously())]
         try:
             await self._send_all()
             if self.in_flight:
@@ -163,7 +164,8 @@ class _Batch:
             for helper in helpers:
                 helper.cancel()
             await self._release_unsent()
-            await self._flush()
+            while self.outcomes:
+                await self._flush()
         self.log.info("batch done", rows=len(self.rows), leftover=len(self.result.leftover),
                       **self.result.tally)
         return self.result
@@ -174,7 +176,10 @@ class _Batch:
             if time.monotonic() > self.deadline and self.sending:
                 self.result.leftover = self.rows[start:]
                 return
-            for row, recipient, attempts in await self._claim(self.rows[start:start + chunk]):
+            claimed = await self._claim(self.rows[start:start + chunk])
+            if claimed:
+                crash_point("after_claim")
+            for row, recipient, attempts in claimed:
                 await self.semaphore.acquire()
                 if not self.sending:
                     self.semaphore.release()
@@ -220,6 +225,7 @@ class _Batch:
                 await self.client.send_sms(self.spec.directory, recipient, self.spec.body or None)
             else:
                 await self.client.send_email(self.spec.directory, recipient, self.spec.subject or None)
+            crash_point("after_request")
             outcome = sent(row)
         except CoupontoolsError as error:
             outcome = after_error(row, attempts, error, self.policy)
@@ -241,23 +247,26 @@ class _Batch:
     async def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         self.result.tally[outcome.status] = self.result.tally.get(outcome.status, 0) + 1
-        if len(self.outcomes) >= FLUSH_SIZE:
-            await self._flush()
+        self.has_outcomes.set()
 
     async def _flush(self) -> None:
         async with self.flush_lock:
             if not self.outcomes:
                 return
-            batch, self.outcomes = self.outcomes, []
+            batch, self.outcomes = self.outcomes[:FLUSH_SIZE], self.outcomes[FLUSH_SIZE:]
+            crash_point("before_outcome_write")
             args: list[object] = [self.owner, time.time()]
             for o in batch:
                 args += [o.row, o.status, o.code, o.message, o.due]
             await self.scripts["finish"](keys=self.keys, args=args)
 
-    async def _flush_periodically(self) -> None:
+    async def _flush_continuously(self) -> None:
+        """Group commit: write whatever outcomes arrived while the previous write was under way."""
         while True:
-            await asyncio.sleep(FLUSH_EVERY)
-            await self._flush()
+            await self.has_outcomes.wait()
+            self.has_outcomes.clear()
+            while self.outcomes:
+                await self._flush()
 
     async def _watch(self) -> None:
         """Follow the run's state and 429 hold, so pause and cancel act within a second."""
@@ -302,6 +311,7 @@ class _Batch:
             for row, _, _ in await self._claim(self.rows[start:start + CLAIM_CHUNK]):
                 del self.unsent[row]
                 self.outcomes.append(Outcome(row, Status.FAILED, 0, message))
-        await self._flush()
+        while self.outcomes:
+            await self._flush()
         self.log.error("poison batch ended", deliveries=deliveries)
         return self.result

@@ -1,0 +1,66 @@
+"""Helpers for tests that drive whole runs: files of recipients, reports, the sandbox's ground truth."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import redis
+
+from worker import keys
+from worker.redis_server import connect
+from worker.runs import Runs
+from worker.sandbox import read_request_log
+
+SANDBOX_CREDS = {"COUPONTOOLS_CLIENT_ID": "sandbox", "COUPONTOOLS_CLIENT_SECRET": "sandbox"}
+
+
+def phone(i: int) -> str:
+    """A valid GB mobile number, different for every i below a million."""
+    return f"+447911{i:06d}"
+
+
+def write_phones(path: Path, count: int, start: int = 0) -> Path:
+    path.write_text("phone,first_name\n" + "".join(f"{phone(start + i)},P{i}\n" for i in range(count)))
+    return path
+
+
+def runs(redis_url: str) -> Runs:
+    return Runs(connect(redis_url))
+
+
+def report(redis_url: str, run_id: str) -> list:
+    return list(runs(redis_url).iter_report(run_id))
+
+
+def deliveries(log: Path) -> Counter:
+    """How many times the sandbox delivered to each recipient (the ground truth for 'never twice')."""
+    return Counter(line["recipient"] for line in read_request_log(log)
+                   if line["path"].startswith("/v3/send/") and line["result"] in ("ok", "drop"))
+
+
+def wait_for_worker(redis_url: str, timeout: float = 30) -> None:
+    """Until some worker's sweeper has said it is alive."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.zcard(keys.WORKERS):
+            return
+        time.sleep(0.1)
+    raise AssertionError("no worker came up")
+
+
+def wait_done(redis_url: str, run_id: str, timeout: float = 120) -> dict:
+    store = runs(redis_url)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = store.status(run_id)
+        if status["done"]:
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"run not done within {timeout}s: {store.status(run_id)}")
+
+
+def parse_json_out(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
