@@ -66,8 +66,8 @@ JSON_OUT = click.option("--json", "as_json", is_flag=True, help="Print one JSON 
 def run(argv: list[str] | None, backend: Backend) -> int:
     """Run the CLI; the exit code. No traceback reaches the user unless DISPATCH_DEBUG is set."""
     try:
-        cli.main(args=argv, prog_name="dispatch", standalone_mode=False, obj=backend)
-        return 0
+        code = cli.main(args=argv, prog_name="dispatch", standalone_mode=False, obj=backend)
+        return code if isinstance(code, int) else 0  # click returns Exit codes when not standalone
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
