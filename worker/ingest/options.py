@@ -1,0 +1,36 @@
+"""What ingest is asked to do (IngestOptions) and what it says about each row (Verdict)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from worker.statuses import Status
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOptions:
+    """How to read and validate one recipient list."""
+
+    channel: str  # "sms" or "email"
+    region: str | None = None  # default region for national numbers, ISO alpha-2
+    phone_column: str | None = None
+    email_column: str | None = None
+    max_bytes: int | None = None
+    max_rows: int | None = None
+    workers: int = 1  # 1: in-process; >1: a process pool over chunks, results still in row order
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What validation decided for one input row."""
+
+    row: int  # 1-based record number (header and blank lines not counted)
+    given: str  # the address as given, trimmed ('' if missing)
+    recipient: str  # normalised (E.164 / normalised email); '' when invalid
+    status: Status  # Status.PENDING (valid), Status.INVALID or Status.DUPLICATE
+    reason: str  # '' for valid
+    fields: dict[str, str] = field(default_factory=dict)  # the other columns of the row
+    duplicate_of: int | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.status is Status.PENDING
