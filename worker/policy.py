@@ -13,6 +13,7 @@ A TOML file (`--policy FILE` or DISPATCH_POLICY) overrides the documented defaul
 from __future__ import annotations
 
 import json
+import math
 import random
 import tomllib
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ def load_policy(path: Path | str | None) -> Policy:
 def parse_policy(data: dict, origin: str = "policy") -> Policy:
     unknown_sections = set(data) - {"retry", "codes"}
     if unknown_sections:
-        raise ConfigError(f"{origin}: unknown section [{sorted(unknown_sections)[0]}].")
+        raise ConfigError(f"{origin}: unknown section [{sorted(map(str, unknown_sections))[0]}].")
     retry = _parse_retry(data.get("retry", {}), origin)
     codes, unknown = _parse_codes(data.get("codes", {}), origin)
     return Policy(retry=retry, codes=codes, unknown=unknown)
@@ -116,11 +117,19 @@ def _parse_retry(section: object, origin: str) -> RetryPolicy:
         kind = known.get(key)
         if kind is None:
             raise ConfigError(f"{origin}: [retry] has an unknown key {key!r}.")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or \
-                (kind is int and (not isinstance(value, int) or value < 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) or \
+                value < 0 or (kind is int and (not isinstance(value, int) or value < 1)):
             raise ConfigError(f"{origin}: retry.{key} must be a positive {kind.__name__}, not {value!r}.")
         values[key] = kind(value)
     return RetryPolicy(**values)
+
+
+def _finite(value: int | float) -> bool:
+    """False for nan, inf (TOML allows both) and numbers too large for a float."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _parse_codes(section: object, origin: str) -> tuple[dict[int, ErrorClass], ErrorClass]:
@@ -135,7 +144,7 @@ def _parse_codes(section: object, origin: str) -> tuple[dict[int, ErrorClass], E
             continue
         try:
             codes[int(key)] = cls
-        except ValueError:
+        except (TypeError, ValueError):
             raise ConfigError(f"{origin}: codes.{key} is not an error code (a number, or 'unknown').") from None
     return codes, unknown
 
