@@ -247,6 +247,7 @@ class Runs:
             for batch in _chunks(rows, self.batch_size):
                 publish(run_id, [int(r) for r in batch])
             requeued += len(rows)
+        self.republish_parked(run_id, publish)  # rows set aside while paused: nobody else queues them now
         self._transition(run_id, meta["channel"], [RunState.RUNNING], RunState.RUNNING)  # completes if nothing
         return requeued
 
