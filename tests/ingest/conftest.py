@@ -1,10 +1,13 @@
 """Fixtures for ingest tests: recipient files built from text in the test, in any encoding."""
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ingest_helpers, whatever pytest's import mode
 
 from worker.ingest import IngestOptions, Verdict, open_recipient_file
 

@@ -182,3 +182,15 @@ class TestDedupeTable:
         """Each call to iter_verdicts reads the file again from the top, with fresh dedupe."""
         recipients = open_recipient_file(write("phone\n07911 200101\n07911 200101\n"), SMS)
         assert list(recipients.iter_verdicts()) == list(recipients.iter_verdicts())
+
+
+class TestValidateRecordsInput:
+    @pytest.mark.parametrize("records", [{"phone": "+447911200101"}, "+447911200101", 42])
+    def test_not_a_list_of_records_is_an_input_error(self, records):
+        """A single mapping, a string or a number instead of a list of records is an InputError."""
+        with pytest.raises(InputError, match="iterable of mappings"):
+            validate_records(records, SMS)
+
+    def test_empty_list(self):
+        """No records give no verdicts."""
+        assert list(validate_records([], SMS)) == []

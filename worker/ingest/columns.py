@@ -94,10 +94,10 @@ def layout(columns: Sequence[str], channel: str, explicit: str | None) -> Layout
         what = WHAT[channel]
         if explicit is not None:
             raise InputError(f"There is no column named {explicit!r}; the columns are: {describe(columns)}.")
+        suggestion = "'phone' or 'mobile'" if channel == "sms" else "'email'"
         raise InputError(
             f"No {what} column found; the columns are: {describe(columns)}. "
-            f"Name the {what} column {ALIASES[channel][0] if channel == 'email' else 'phone'!r} "
-            f"or choose it with the {what}_column option."
+            f"Name the {what} column {suggestion}, or choose it with --{what}-column."
         )
     country = find_country(columns, address) if channel == "sms" else None
     others = tuple(i for i in range(len(columns)) if i != address)

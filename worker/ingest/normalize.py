@@ -27,6 +27,7 @@ _INVALID_KEY = 0
 _JUNK = " \t\r\n\v\f\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a" \
         "\u2028\u2029\u202f\u205f\u3000\u200b\u200c\u200d\u2060\ufeff\u200e\u200f"
 _LETTERS = re.compile(r"[^\W\d_]")  # any letter, in any script
+_PLAIN_PHONE = re.compile(r"[0-9 +()\-./]+")  # the usual case: nothing to look at twice
 _SCIENTIFIC = re.compile(r"[0-9](?:[.,][0-9]+)?[eE]\+?[0-9]+")
 _REGION_ALIASES = {"UK": "GB", "EL": "GR"}
 _SUPPORTED_REGIONS = frozenset(phonenumbers.SUPPORTED_REGIONS)
@@ -84,10 +85,11 @@ def normalize_phone(value: object, region: str | None = None, country: str | Non
         return "", "no phone number", _INVALID_KEY
     if len(text) > 64:
         return "", "not a phone number (too long)", _INVALID_KEY
-    if _SCIENTIFIC.fullmatch(text):
-        return "", "not a phone number (a spreadsheet turned it into scientific notation)", _INVALID_KEY
-    if _LETTERS.search(text):
-        return "", "not a phone number (contains letters)", _INVALID_KEY
+    if _PLAIN_PHONE.fullmatch(text) is None:
+        if _SCIENTIFIC.fullmatch(text):
+            return "", "not a phone number (a spreadsheet turned it into scientific notation)", _INVALID_KEY
+        if _LETTERS.search(text):
+            return "", "not a phone number (contains letters)", _INVALID_KEY
     bad_country = ""
     if country is not None:
         country_text = clean(country)

@@ -24,7 +24,7 @@ from worker.ingest.normalize import (
     fold_name,
     normalize_batch,
 )
-from worker.ingest.options import IngestOptions, Verdict
+from worker.ingest.options import IngestOptions, Verdict, make_verdict
 from worker.statuses import Status
 
 CHUNK_ROWS = 2000  # rows per unit of work for the process pool
@@ -142,8 +142,6 @@ class RecipientFile:
                 rows += 1
                 if limit is not None and rows > limit:
                     raise InputError(f"{self.path.name} has more than {limit:,} rows; the limit is {limit:,}.")
-            if limit is not None and rows > limit:
-                raise InputError(f"{self.path.name} has more than {limit:,} rows; the limit is {limit:,}.")
             self.rows = rows
         finally:
             records.close()
@@ -198,9 +196,6 @@ class RecipientFile:
 
     __iter__ = iter_verdicts
 
-    def __len__(self) -> int:
-        return self.rows
-
     def __repr__(self) -> str:
         return (f"RecipientFile({str(self.path)!r}, encoding={self.encoding!r}, delimiter={self.delimiter!r}, "
                 f"address_column={self.address_column!r}, rows={self.rows})")
@@ -222,12 +217,12 @@ class RecipientFile:
                     cells = cells[:width]  # trailing empty cells (a stray delimiter at the end of the line)
                 else:
                     given = clean(cells[address]) if address < n else ""
-                    fields = {name: clean(cells[i]) for name, i in others if i < n}
+                    fields = {name: cells[i].strip() for name, i in others if i < n}
                     yield (row, given, None, fields,
                            f"row has {n} field{'s' if n != 1 else ''}, the header has {width}")
                     continue
             yield (row, clean(cells[address]), None if country is None else cells[country],
-                   {name: clean(cells[i]) for name, i in others}, "")
+                   {name: cells[i].strip() for name, i in others}, "")
 
 
 def open_recipient_file(path: str | os.PathLike[str], options: IngestOptions) -> RecipientFile:
@@ -250,12 +245,12 @@ def validate_records(records: Iterable[Mapping[str, str]], options: IngestOption
     with InputError when it reaches that many.
     """
     channel, region, explicit = _checked(options)
-    limit = options.max_rows
-    if limit is not None and isinstance(records, Sized) and len(records) > limit:
-        raise InputError(f"There are {len(records):,} recipients; the limit is {limit:,}.")
-    if isinstance(records, (str, bytes)) or not isinstance(records, Iterable):
+    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise InputError("Recipients must be an iterable of mappings such as {'phone': '+44…'}.")
+    limit = options.max_rows
     expected = len(records) if isinstance(records, Sized) else 0
+    if limit is not None and expected > limit:
+        raise InputError(f"There are {expected:,} recipients; the limit is {limit:,}.")
     return _verdicts(_record_rows(records, channel, explicit, limit), channel, region, options.workers,
                      expected=expected)
 
@@ -344,22 +339,25 @@ def _verdicts(rows: Iterator[Row], channel: str, region: str | None, workers: in
     email) to the first row number: ~24 MB for 1M distinct addresses.
     """
     first_of = DedupeTable(expected).first
+    make = make_verdict
+    if workers > 1 and multiprocessing.current_process().daemon:
+        workers = 1  # a daemonic process (a Celery or pool child) may not start processes of its own
     batches = _in_process(rows, channel, region) if workers == 1 else _pooled(rows, channel, region, workers)
     try:
         for batch, results in batches:
             result = iter(results)
             for row, given, _country, fields, pre in batch:
                 if pre:
-                    yield Verdict(row, given, "", _INVALID, pre, fields)
+                    yield make(row, given, "", _INVALID, pre, fields)
                     continue
                 recipient, reason, key = next(result)
                 if reason:
-                    yield Verdict(row, given, "", _INVALID, reason, fields)
+                    yield make(row, given, "", _INVALID, reason, fields)
                     continue
                 first = first_of(key, row)
                 if first == row:
-                    yield Verdict(row, given, recipient, _PENDING, "", fields)
+                    yield make(row, given, recipient, _PENDING, "", fields)
                 else:
-                    yield Verdict(row, given, recipient, _DUPLICATE, f"duplicate of row {first}", fields, first)
+                    yield make(row, given, recipient, _DUPLICATE, f"duplicate of row {first}", fields, first)
     finally:
         batches.close()
