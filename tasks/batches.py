@@ -5,6 +5,10 @@ import socket
 import threading
 import time
 
+import os
+import signal
+
+import redis
 import structlog
 from celery import signals
 
@@ -24,7 +28,11 @@ def publish_batch(run_id: str, rows: list[int]) -> None:
     send_batch.apply_async(args=(run_id, rows))
 
 
-@app.task(name="dispatch.send_batch", bind=True, max_retries=0)
+INFRA_RETRY_DELAY = 5  # seconds; a batch that met a Redis outage goes again (same task ID, same claims)
+INFRA_MAX_RETRIES = 60
+
+
+@app.task(name="dispatch.send_batch", bind=True, max_retries=INFRA_MAX_RETRIES)
 def send_batch(self, run_id: str, rows: list[int]) -> dict:
     rt = runtime()
     structlog.contextvars.bind_contextvars(run_id=run_id, task_id=self.request.id)
@@ -35,6 +43,10 @@ def send_batch(self, run_id: str, rows: list[int]) -> dict:
         if result.stopped:
             rt.runs.finalize_untried(run_id)
         return result.tally
+    except (redis.RedisError, OSError) as exc:
+        # Celery keeps the task ID on retry: rows this batch claimed read as uncertain, never resent.
+        log.warning("batch met an infrastructure error; retrying", error=f"{type(exc).__name__}: {exc}")
+        raise self.retry(exc=exc, countdown=INFRA_RETRY_DELAY) from None
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -76,9 +88,21 @@ def _sweep_forever(hostname: str) -> None:
     """Queue due retries, end untried rows of stopped runs, and say this worker is alive."""
     runs = runtime().runs
     while True:
+        _stop_if_orphaned()
         try:
             runs.redis.zadd(keys.WORKERS, {hostname: time.time()})
             runs.sweep(publish_batch)
         except Exception:  # keep sweeping through a Redis restart
             log.exception("sweep failed")
         time.sleep(SWEEP_EVERY)
+
+
+def _stop_if_orphaned() -> None:
+    """A local worker started by `send --wait` shuts down (warmly) when that command is gone."""
+    parent = os.environ.get("DISPATCH_STOP_WITH_PID")
+    if not parent:
+        return
+    try:
+        os.kill(int(parent), 0)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -275,7 +275,7 @@ def _local_worker_if_needed(app: App) -> Iterator[None]:
     if _worker_alive(app):
         yield
         return
-    env = {**os.environ, "DISPATCH_HOME": str(app.settings.home)}
+    env = {**os.environ, "DISPATCH_HOME": str(app.settings.home), "DISPATCH_STOP_WITH_PID": str(os.getpid())}
     if app.settings.redis_url:
         env["REDIS_URL"] = app.settings.redis_url
     command = [sys.executable, "-m", "tasks", "worker", "--loglevel", "WARNING"]
@@ -515,7 +515,7 @@ async def _list_directories(url: str, credentials: Credentials) -> list[dict]:
 @pass_app
 def worker(app: App, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker that sends queued batches (extra arguments go to Celery)."""
-    resolve_redis_url(app.settings)  # start the embedded Redis before Celery looks for it
+    app.runs  # noqa: B018 - start the embedded Redis and refuse one that evicts, before Celery starts
     argv = ["--loglevel", loglevel, *(["--concurrency", str(concurrency)] if concurrency else []), *celery_args]
     app.backend.run_worker(argv)
 

@@ -30,6 +30,7 @@ CLAIM_CHUNK = 100  # rows claimed per script call
 FLUSH_SIZE = 500  # outcomes written per script call at most
 WATCH_EVERY = 0.25  # seconds between looks at the run's state (pause, cancel) and hold (429)
 DEFAULT_HOLD = 1.0  # seconds the run waits after a 429 without Retry-After
+SLOW_DOWN_FOR = 30  # seconds a shared rate runs at half speed after a 429
 
 log = structlog.get_logger("dispatch.engine")
 
@@ -44,8 +45,8 @@ class BatchResult:
 class SharedRateLimiter:
     """A token bucket in Redis shared by every worker; tokens are fetched a few at a time."""
 
-    def __init__(self, script, key: str, rate: float) -> None:
-        self.script, self.key, self.rate = script, key, rate
+    def __init__(self, scripts: dict, key: str, rate: float) -> None:
+        self.script, self.slow_script, self.key, self.rate = scripts["take_tokens"], scripts["slow_down"], key, rate
         self.burst = max(1.0, rate / 20)
         self.tokens = 0
         self.lock = asyncio.Lock()
@@ -58,6 +59,10 @@ class SharedRateLimiter:
                 if self.tokens <= 0:
                     await asyncio.sleep(max(float(wait), 0.001))
             self.tokens -= 1
+
+    async def slow_down(self) -> None:
+        """The API said 429: every worker sharing this bucket runs at half rate for a while."""
+        await self.slow_script(keys=[self.key], args=[SLOW_DOWN_FOR])
 
 
 class Sender:
@@ -121,10 +126,9 @@ class Sender:
 
     def limiter(self, run_id: str, spec: RunSpec) -> SharedRateLimiter | None:
         if spec.rate:
-            return SharedRateLimiter(self.scripts["take_tokens"], keys.rate(run_id), spec.rate)
+            return SharedRateLimiter(self.scripts, keys.rate(run_id), spec.rate)
         if self.settings.account_rate:
-            return SharedRateLimiter(self.scripts["take_tokens"], keys.rate("account"),
-                                     self.settings.account_rate)
+            return SharedRateLimiter(self.scripts, keys.rate("account"), self.settings.account_rate)
         return None
 
 
@@ -144,6 +148,7 @@ class _Batch:
         self.semaphore = asyncio.Semaphore(sender.settings.concurrency)
         self.flush_lock = asyncio.Lock()
         self.has_outcomes = asyncio.Event()
+        self.closing = False
         self.result = BatchResult()
         self.deadline = time.monotonic() + sender.settings.visibility_timeout / 3
         self.log = log.bind(run_id=run_id, batch=owner)
@@ -155,17 +160,18 @@ class _Batch:
     async def run(self, client: CoupontoolsClient) -> BatchResult:
         self.client = client
         self.limiter = self.sender.limiter(self.run_id, self.spec)
-        helpers = [asyncio.create_task(self._watch()), asyncio.create_task(self._flush_continuously())]
+        watcher = asyncio.create_task(self._watch())
+        flusher = asyncio.create_task(self._flush_continuously())
         try:
             await self._send_all()
             if self.in_flight:
                 await asyncio.gather(*self.in_flight, return_exceptions=True)
         finally:
-            for helper in helpers:
-                helper.cancel()
+            watcher.cancel()
             await self._release_unsent()
-            while self.outcomes:
-                await self._flush()
+            self.closing = True  # never cancel the flusher: a write it has begun must finish
+            self.has_outcomes.set()
+            await flusher
         self.log.info("batch done", rows=len(self.rows), leftover=len(self.result.leftover),
                       **self.result.tally)
         return self.result
@@ -229,7 +235,9 @@ class _Batch:
             outcome = sent(row)
         except CoupontoolsError as error:
             outcome = after_error(row, attempts, error, self.policy)
+            await self._record(outcome)
             await self._after_error(row, recipient, error, outcome)
+            return
         except Exception as error:  # a bug of ours after the request may have left: never resend
             self.log.exception("unexpected error while sending", row=row)
             outcome = Outcome(row, Status.UNCERTAIN, 0, f"internal error: {type(error).__name__}")
@@ -241,6 +249,8 @@ class _Batch:
                       status=str(outcome.status))
         if error.http_status == 429:
             await self._hold_run(error.retry_after or DEFAULT_HOLD)
+            if self.limiter is not None:
+                await self.limiter.slow_down()
         if outcome.stops_run and self.sending:
             await self._stop_run(f"error {error.code or error.http_status}: {error.message}")
 
@@ -267,6 +277,8 @@ class _Batch:
             self.has_outcomes.clear()
             while self.outcomes:
                 await self._flush()
+            if self.closing:
+                return
 
     async def _watch(self) -> None:
         """Follow the run's state and 429 hold, so pause and cancel act within a second."""

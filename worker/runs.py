@@ -226,8 +226,7 @@ class Runs:
         for first in range(1, total + 1, SWEEP_CHUNK):
             ended += self.scripts["finalize"](keys=script_keys, args=[
                 status, first, min(total, first + SWEEP_CHUNK - 1), time.time()])
-        self.redis.delete(keys.due(run_id), keys.parked(run_id))
-        return ended
+        return ended  # the script removed each ended row from the due and parked sets itself
 
     def retry(self, run_id: str, publish: Publisher, include_uncertain: bool = False) -> int:
         """Send `failed` rows again (and `uncertain` ones if asked, and `aborted` ones of an aborted run)."""

@@ -229,6 +229,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'stamp')
 local tokens = tonumber(b[1]) or burst
 local stamp = tonumber(b[2]) or now
+local slow_until = tonumber(redis.call('HGET', KEYS[1], 'slow_until')) or 0
+if now < slow_until then rate = rate / 2 end
 tokens = math.min(burst, tokens + math.max(0, now - stamp) * rate)
 local granted = math.min(want, math.floor(tokens))
 tokens = tokens - granted
@@ -237,6 +239,14 @@ redis.call('PEXPIRE', KEYS[1], 60000)
 local wait = 0
 if granted < want then wait = (math.min(want - granted, burst) - tokens) / rate end
 return {granted, tostring(wait)}
+"""
+
+# KEYS[1] bucket; ARGV seconds → the bucket runs at half rate for that long (the API said 429)
+SLOW_DOWN = r"""
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'slow_until', tostring(tonumber(t[1]) + tonumber(ARGV[1])))
+redis.call('PEXPIRE', KEYS[1], 60000 + 1000 * tonumber(ARGV[1]))
+return 1
 """
 
 STATE_SCRIPTS = {
@@ -249,4 +259,5 @@ def register(client) -> dict:
     """Script objects for a sync or asyncio redis client, keyed by name."""
     scripts = {name: client.register_script(PRELUDE + body) for name, body in STATE_SCRIPTS.items()}
     scripts["take_tokens"] = client.register_script(TAKE_TOKENS)
+    scripts["slow_down"] = client.register_script(SLOW_DOWN)
     return scripts
