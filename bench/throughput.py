@@ -84,7 +84,7 @@ class Bench:
 
     def run(self, count: int, rate: float = 0.0) -> tuple[str, float]:
         """Queue `count` recipients; seconds from the first queued batch until every row is final."""
-        runs = Runs(self.redis, batch_size=int(os.environ.get("DISPATCH_BATCH_SIZE", 500)))
+        runs = Runs(self.redis, batch_size=int(os.environ.get("DISPATCH_BATCH_SIZE", 2000)))
         spec = RunSpec(channel="sms", directory="dir_12345", rate=rate, sandbox=True,
                        api_url=self.api_url, source="bench")
         start = time.perf_counter()
@@ -161,7 +161,7 @@ def section_rate(bench: Bench, rate: float, size: int) -> None:
 
 def section_queue(bench: Bench, size: int) -> None:
     print(f"\n== queueing {size} validated recipients (no worker) ==")
-    runs = Runs(bench.redis, batch_size=500)
+    runs = Runs(bench.redis)
     spec = RunSpec(channel="sms", directory="dir_12345", sandbox=True, source="bench")
     start = time.perf_counter()
     run_id = runs.create(spec, verdicts(size), bench.publish)

@@ -47,7 +47,7 @@ class SharedRateLimiter:
 
     def __init__(self, scripts: dict, key: str, rate: float) -> None:
         self.script, self.slow_script, self.key, self.rate = scripts["take_tokens"], scripts["slow_down"], key, rate
-        self.burst = max(1.0, rate / 20)
+        self.burst = max(1.0, rate / 50)  # any 1 s window sees at most rate + burst sends
         self.tokens = 0
         self.lock = asyncio.Lock()
 

@@ -81,7 +81,7 @@ def record(status: str, recipient: str, *, attempts: int = 0, code: int = 0, mes
 class Runs:
     """Run bookkeeping over one Redis connection."""
 
-    def __init__(self, client: redis.Redis, *, batch_size: int = 500) -> None:
+    def __init__(self, client: redis.Redis, *, batch_size: int = 2000) -> None:
         self.redis = client
         self.batch_size = batch_size
         self.scripts = scripts.register(client)
