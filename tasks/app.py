@@ -2,7 +2,7 @@
 
 - `task_acks_late` + `task_reject_on_worker_lost`: a batch whose worker dies is delivered again; the
   per-row claims in Redis (worker.scripts) turn that redelivery into `uncertain`, never a second send.
-- `visibility_timeout` (DISPATCH_VISIBILITY_TIMEOUT, default 300 s) is longer than any batch: a batch
+- `visibility_timeout` (DISPATCH_VISIBILITY_TIMEOUT, default 120 s) is longer than any batch: a batch
   stops claiming after a third of it and hands the rest to a new task; retry waits live in Redis
   (`due` sets) and never in ETA/countdown messages, so no message outlives the timeout.
 - `worker_prefetch_multiplier = 1`: a worker holds one spare batch, not dozens that a crash would strand.

@@ -27,7 +27,7 @@ class Settings:
     account_rate: float | None = None  # default sends/s across all workers when a run sets none
     request_timeout: float = 30.0  # read timeout for one API call
     connect_timeout: float = 5.0
-    visibility_timeout: int = 300  # seconds before an unacknowledged batch is redelivered
+    visibility_timeout: int = 120  # seconds before an unacknowledged batch is redelivered (batches stop claiming after a third)
     max_deliveries: int = 3  # a batch delivered more often than this is poison
     max_file_bytes: int = 2 * 1024**3
     max_rows: int = 5_000_000
