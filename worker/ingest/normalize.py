@@ -150,7 +150,9 @@ def normalize_email(value: object, region: str | None = None, country: str | Non
     if len(text) > 512:
         return "", "not an email address (too long)", _INVALID_KEY
     try:
-        normalized = validate_email(text, check_deliverability=False).normalized
+        # Lower-cased whole: mailbox providers ignore case in the local part, so `Ann@x.org` and
+        # `ann@x.org` are one person for dedupe and for the suppression list alike.
+        normalized = validate_email(text, check_deliverability=False).normalized.lower()
     except EmailNotValidError as exc:
         reason = str(exc).strip() or "not a valid email address"
         return "", reason, _INVALID_KEY
