@@ -33,6 +33,7 @@ def celery_config(settings: Settings, broker_url: str) -> dict:
         "task_acks_on_failure_or_timeout": True,
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,  # our structlog JSON lines go to stderr as they are
         "worker_send_task_events": True,
         "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,

@@ -99,3 +99,18 @@ class TestReport:
         as_json = json.loads(run_dispatch(env, "report", run_id, "--format", "json").stdout)
         assert as_json[1]["recipient"].startswith("=HYPERLINK")
         assert set(as_json[0]) >= {"row", "recipient", "status", "error_code", "error_message", "attempts"}
+
+
+class TestLogs:
+    def test_worker_logs_are_json_without_full_addresses(self, dispatch_env, tmp_path):
+        """The local worker's log lines are JSON with the run ID, and no phone number appears whole."""
+        env = {**dispatch_env, "DISPATCH_DEBUG": "1"}  # the local worker's stderr reaches ours
+        result = run_dispatch(env, "send", SAMPLE, "--channel", "sms", "--directory", "dir_12345",
+                              "--region", "GB", "--sandbox", "--sandbox-scenario",
+                              str(ROOT / "samples" / "scenario.json"), "--json")
+        assert result.returncode == 0, result.stderr
+        lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+        failed = [line for line in lines if line["event"] == "send failed"]
+        assert failed and all(line["run_id"] == parse_json_out(result.stdout)["run"] for line in failed)
+        assert all("row" in line for line in failed)
+        assert "+447911200605" not in result.stderr and "7911200605" not in result.stderr
