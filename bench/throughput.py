@@ -88,7 +88,7 @@ class Bench:
         spec = RunSpec(channel="sms", directory="dir_12345", rate=rate, sandbox=True,
                        api_url=self.api_url, source="bench")
         start = time.perf_counter()
-        run_id = runs.create(spec, verdicts(count), self.publish)
+        run_id = runs.create(spec, verdicts(count), self.publish, expected_rows=count)
         while not runs.status(run_id)["done"]:
             time.sleep(0.05)
         return run_id, time.perf_counter() - start

@@ -69,7 +69,8 @@ def create_run_from_records(runs, recipients, *, channel: str, directory: str, b
     spec = RunSpec(channel=channel, directory=directory, subject=subject or "", body=body or "",
                    region=region or "", rate=float(rate or 0), source=source, sandbox=sandbox, api_url=api_url)
     verdicts = validate_records(recipients, IngestOptions(channel=channel, region=region))
-    return runs.create(spec, verdicts, publish_batch, run_id=run_id)
+    expected = len(recipients) if hasattr(recipients, "__len__") else None
+    return runs.create(spec, verdicts, publish_batch, run_id=run_id, expected_rows=expected)
 
 
 @signals.worker_process_init.connect

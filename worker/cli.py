@@ -172,10 +172,13 @@ def send(app: App, file: str | None, channel: str, directory: str, subject: str,
                        source="directory-users" if from_directory_users else f"file:{Path(file).name}",
                        policy=policy_to_json(load_policy(app.settings.policy_file)) if app.settings.policy_file else "")
         _check_directory(url, credentials, directory)
-        verdicts = (_directory_verdicts(url, credentials, directory, spec) if from_directory_users else
-                    open_recipient_file(file, _ingest_options(app.settings, channel, region, phone_column,
-                                                              email_column, workers)).iter_verdicts())
-        run_id = app.runs.create(spec, verdicts, app.backend.publish, run_id=run_id)
+        if from_directory_users:
+            verdicts, expected = _directory_verdicts(url, credentials, directory, spec), None
+        else:
+            recipients = open_recipient_file(file, _ingest_options(app.settings, channel, region, phone_column,
+                                                                   email_column, workers))
+            verdicts, expected = recipients.iter_verdicts(), recipients.rows
+        run_id = app.runs.create(spec, verdicts, app.backend.publish, run_id=run_id, expected_rows=expected)
         if not (wait or sandbox):
             click.echo(json.dumps({"run": run_id}) if as_json else run_id)
             return

@@ -20,6 +20,8 @@ from worker.statuses import FINAL, NOT_FINAL, STOPPED_STATES, RunState, Status
 Publisher = Callable[[str, list[int]], None]  # (run_id, rows) → a batch task is queued
 
 ROW_CHUNK = 1000  # rows per pipelined write / read
+SPREAD = 8  # a run of known size is cut into at least this many batches, so several processes share it
+MIN_BATCH = 100
 SWEEP_CHUNK = 5000  # rows per finalize / requeue script call
 RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
@@ -88,18 +90,18 @@ class Runs:
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, spec: RunSpec, verdicts: Iterable[Verdict], publish: Publisher,
-               run_id: str | None = None) -> str:
+               run_id: str | None = None, expected_rows: int | None = None) -> str:
         """Record every row and queue the valid ones; idempotent for a producer-given run_id."""
         run_id = check_run_id(run_id) if run_id else new_run_id()
         if not self._open_run(run_id, spec):
             return run_id  # already fully recorded: submitting twice makes one run
+        size = self._batch_size(spec, expected_rows)
         batch: list[int] = []
         total = 0
         for chunk in _chunks(verdicts, ROW_CHUNK):
             total = chunk[-1].row
             batch.extend(self._put_chunk(run_id, spec.channel, chunk))
-            while len(batch) >= self._batch_size(spec):
-                size = self._batch_size(spec)
+            while len(batch) >= size:
                 publish(run_id, batch[:size])
                 batch = batch[size:]
         if batch:
@@ -139,11 +141,15 @@ class Runs:
             return []
         return [bool(x) for x in self.redis.smismember(keys.suppressed(channel), recipients)]
 
-    def _batch_size(self, spec: RunSpec) -> int:
-        """Recipients per task; a rate-limited run gets batches that take about 30 s at most."""
+    def _batch_size(self, spec: RunSpec, expected_rows: int | None = None) -> int:
+        """Recipients per task: smaller for a run of known size (spread over processes) and for a
+        rate-limited run (a batch takes about 30 s at most)."""
+        size = self.batch_size
+        if expected_rows:
+            size = min(size, max(MIN_BATCH, -(-expected_rows // SPREAD)))
         if spec.rate:
-            return max(1, min(self.batch_size, int(spec.rate * 30)))
-        return self.batch_size
+            size = min(size, max(1, int(spec.rate * 30)))
+        return size
 
     # -- reading ----------------------------------------------------------------------------
     def meta(self, run_id: str) -> dict[str, str]:
