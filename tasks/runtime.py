@@ -28,6 +28,16 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
+_producer: tuple[int, Runs] | None = None
+
+
+def producer_runs() -> Runs:
+    """The run store alone, for producers (`submit`): no event loop, no HTTP client."""
+    global _producer
+    if _producer is None or _producer[0] != os.getpid():
+        settings = Settings.from_env()
+        _producer = (os.getpid(), Runs(connect(resolve_redis_url(settings)), batch_size=settings.batch_size))
+    return _producer[1]
 
 
 def runtime() -> Runtime:
