@@ -114,3 +114,27 @@ class TestLogs:
         assert failed and all(line["run_id"] == parse_json_out(result.stdout)["run"] for line in failed)
         assert all("row" in line for line in failed)
         assert "+447911200605" not in result.stderr and "7911200605" not in result.stderr
+
+
+class TestForget:
+    def test_forget_deletes_a_finished_run_only(self, dispatch_env, redis_url, tmp_path):
+        """`forget` refuses a run that is still sending and deletes every key of a finished one."""
+        from tests.helpers import runs
+        from worker.runs import RunSpec
+
+        store = runs(redis_url)
+        open_run = store.create(RunSpec(channel="sms", directory="dir_1"),
+                                [_verdict(1)], lambda run, rows: None)
+        assert run_dispatch(dispatch_env, "forget", open_run).returncode == 2
+        store.cancel(open_run)
+        assert run_dispatch(dispatch_env, "forget", open_run).returncode == 0
+        assert not [k for k in store.redis.keys("*") if open_run in k]
+        assert run_dispatch(dispatch_env, "status", open_run).returncode == 2
+
+
+def _verdict(row: int):
+    from worker.ingest import Verdict
+    from worker.statuses import Status
+
+    return Verdict(row=row, given="+447911000001", recipient="+447911000001", status=Status.PENDING,
+                   reason="", fields={})

@@ -184,7 +184,11 @@ def send(app: App, file: str | None, channel: str, directory: str, subject: str,
             return
         if not as_json:
             click.echo(f"Run {run_id} queued.", err=True)
-        summary = _wait_for(app, run_id, show_progress=not as_json)
+        try:
+            summary = _wait_for(app, run_id, show_progress=not as_json)
+        except KeyboardInterrupt:
+            raise DispatchError(f"Stopped waiting; run {run_id} goes on whenever a worker runs "
+                                f"(`dispatch worker`), see `dispatch status {run_id}`.") from None
     _print_summary(app, summary, as_json)
     if summary["state"] == RunState.ABORTED:
         raise click.exceptions.Exit(RunAbortedError.exit_code)
@@ -422,6 +426,15 @@ def retry(app: App, run_id: str, include_uncertain: bool) -> None:
     """Send `failed` recipients again (and `aborted` ones of an aborted run)."""
     count = app.runs.retry(run_id, app.backend.publish, include_uncertain=include_uncertain)
     click.echo(f"Run {run_id}: {count} recipients queued again.")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@pass_app
+def forget(app: App, run_id: str) -> None:
+    """Delete a finished run's data from Redis (export its report first)."""
+    app.runs.forget(run_id)
+    click.echo(f"Run {run_id} forgotten.")
 
 
 def _say_changed(changed: bool, run_id: str, verb: str) -> None:

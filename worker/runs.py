@@ -262,6 +262,15 @@ class Runs:
         return bool(self.scripts["transition"](keys=keys.script_keys(run_id, channel), args=[
             ",".join(from_states), to_state, time.time()]))
 
+    def forget(self, run_id: str) -> None:
+        """Delete a finished run's data (export its report first); a run still sending is refused."""
+        if not self.status(run_id)["done"]:
+            raise UsageError(f"Run {run_id} still has recipients to send; cancel it first, then forget it.")
+        self.redis.delete(keys.run(run_id), keys.rows(run_id), keys.counts(run_id), keys.due(run_id),
+                          keys.parked(run_id), keys.deliveries(run_id), keys.hold(run_id), keys.rate(run_id))
+        self.redis.zrem(keys.RUNS, run_id)
+        self.redis.srem(keys.ACTIVE, run_id)
+
     # -- housekeeping (run by every worker's sweeper) -----------------------------------------
     def sweep(self, publish: Publisher, lease: float = 60.0) -> int:
         """Queue retries that are due, end untried rows of stopped runs; returns rows queued."""
