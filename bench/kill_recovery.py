@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.throughput import Bench  # noqa: E402
-from worker.runs import Runs  # noqa: E402
+from bench.throughput import Bench, verdicts  # noqa: E402
+from worker.runs import Runs, RunSpec  # noqa: E402
 from worker.sandbox import read_request_log, running_sandbox  # noqa: E402
 
 
@@ -43,8 +43,6 @@ def main() -> None:
                 bench.api_url = url
                 runs = Runs(bench.redis, batch_size=500)
                 with bench.workers(1, 2, **env) as first:
-                    from bench.throughput import RunSpec, verdicts
-
                     spec = RunSpec(channel="sms", directory="dir_12345", sandbox=True, api_url=url)
                     run_id = runs.create(spec, verdicts(args.recipients), bench.publish)
                     while sum(delivered(log).values()) < args.recipients // 3:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -164,7 +163,7 @@ def section_queue(bench: Bench, size: int) -> None:
     runs = Runs(bench.redis)
     spec = RunSpec(channel="sms", directory="dir_12345", sandbox=True, source="bench")
     start = time.perf_counter()
-    run_id = runs.create(spec, verdicts(size), bench.publish)
+    runs.create(spec, verdicts(size), bench.publish)
     seconds = time.perf_counter() - start
     memory = bench.redis.info("memory")["used_memory_human"]
     print(f"{size} recipients recorded and queued in {seconds:.1f} s ({size / seconds:,.0f}/s); "

@@ -36,8 +36,12 @@ def producer_runs() -> Runs:
     global _producer
     if _producer is None or _producer[0] != os.getpid():
         settings = Settings.from_env()
-        _producer = (os.getpid(), Runs(connect(resolve_redis_url(settings)), batch_size=settings.batch_size))
+        _producer = (os.getpid(), _run_store(settings, resolve_redis_url(settings)))
     return _producer[1]
+
+
+def _run_store(settings: Settings, url: str) -> Runs:
+    return Runs(connect(url), batch_size=settings.batch_size)
 
 
 def runtime() -> Runtime:
@@ -54,5 +58,5 @@ def _build() -> Runtime:
     loop = uvloop.new_event_loop() if uvloop else asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     policy = load_policy(settings.policy_file)
-    return Runtime(settings=settings, policy=policy, runs=Runs(connect(url), batch_size=settings.batch_size),
+    return Runtime(settings=settings, policy=policy, runs=_run_store(settings, url),
                    loop=loop, sender=Sender(settings, policy, url), pid=os.getpid())

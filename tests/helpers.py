@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 
 import redis
 
+from tests.conftest import wait_until
 from worker import keys
 from worker.redis_server import connect
 from worker.runs import Runs
@@ -43,23 +43,12 @@ def deliveries(log: Path) -> Counter:
 def wait_for_worker(redis_url: str, timeout: float = 30) -> None:
     """Until some worker's sweeper has said it is alive."""
     client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.zcard(keys.WORKERS):
-            return
-        time.sleep(0.1)
-    raise AssertionError("no worker came up")
+    wait_until(lambda: client.zcard(keys.WORKERS), timeout=timeout)
 
 
 def wait_done(redis_url: str, run_id: str, timeout: float = 120) -> dict:
     store = runs(redis_url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = store.status(run_id)
-        if status["done"]:
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"run not done within {timeout}s: {store.status(run_id)}")
+    return wait_until(lambda: (status := store.status(run_id))["done"] and status, timeout=timeout)
 
 
 def parse_json_out(stdout: str) -> dict:

@@ -8,7 +8,6 @@ import json
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.catalogue import CAMPAIGN_301_MESSAGE, ErrorClass, default_message
+from worker.catalogue import CAMPAIGN_301_MESSAGE, ErrorClass
 from worker.client import CoupontoolsClient, Credentials, parse_retry_after, read_answer, transport_error
 from worker.errors import (APIError, CoupontoolsError, HTTPStatusError, MaybeSentError, NotSentError,
                            ProtocolError)

@@ -166,12 +166,27 @@ class TestFinalize:
         script = store.scripts["finalize"]
         store.scripts["finalize"] = lambda keys, args: calls.append(args) or script(keys=keys, args=args)
         assert store.finalize_untried("run_1") == 12_000 - len(invalid) - 2
-        assert [(int(first), int(last)) for _, first, last, _ in calls] == [
+        assert [(int(args[1]), int(args[-1])) for args in calls] == [
             (1, SWEEP_CHUNK), (SWEEP_CHUNK + 1, 2 * SWEEP_CHUNK), (2 * SWEEP_CHUNK + 1, 12_000)]
         assert store.counts("run_1") == {"aborted": 12_000 - len(invalid) - 2, "in_flight": 2, "invalid": 4}
         assert client.exists(keys.due("run_1"), keys.parked("run_1")) == 0
         assert "finished_at" not in store.meta("run_1")
         assert store.finalize_untried("run_1") == 0  # nothing left to end; the in-flight rows stay
+
+    def test_sweeper_ends_rows_that_wait_after_the_stop_without_a_full_pass(self, store, client):
+        """A row that comes back to retry_wait after its run stopped is ended by the sweeper from the due set."""
+        create(store, 5000)
+        assert claim(store, "run_1", "a", 100, [7]) == [7]
+        assert store.stop("run_1", RunState.CANCELLED, "cancelled in the test")
+        store.finalize_untried("run_1")
+        assert finish(store, "run_1", "a", 101, (7, Status.RETRY_WAIT, 10**10)) == 1
+        calls = []
+        script = store.scripts["finalize"]
+        store.scripts["finalize"] = lambda keys, args: calls.append(args) or script(keys=keys, args=args)
+        store.sweep(lambda run, rows: None)
+        assert [[int(r) for r in args[1:]] for args in calls] == [[7]]
+        assert store.counts("run_1") == {"cancelled": 5000}
+        assert store.status("run_1")["done"]
 
 
 class TestRetryWait:

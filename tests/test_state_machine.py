@@ -95,6 +95,7 @@ class Model:
             rec[S] = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
             rec[OWNER] = ""
             self.due.pop(row, None)
+            self.parked.discard(row)
 
     def claim(self, owner: str, now: int, rows: list[int]) -> list[int]:
         sending = self.state in (RunState.RUNNING, RunState.QUEUING)
@@ -154,16 +155,12 @@ class Model:
     def finalize_untried(self) -> int:
         if self.state not in STOPPED_STATES:
             return 0
-        status = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
         ended = 0
         for row, rec in self.rows.items():
             if rec[S] in (Status.PENDING, Status.RETRY_WAIT):
-                rec[S], rec[OWNER] = status, ""
-                self.due.pop(row, None)
+                self.set_aside(row)
                 ended += 1
         self.maybe_complete()
-        self.due.clear()
-        self.parked.clear()
         return ended
 
     def transition(self, from_states: tuple[RunState, ...], to_state: RunState) -> bool:

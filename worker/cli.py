@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Protocol
 
 import click
-import structlog
 
 from worker import keys
 from worker.cells import safe_cell
@@ -132,7 +131,7 @@ def validate(app: App, file: str, channel: str, region: str | None, phone_column
 
 def _ingest_options(settings: Settings, channel: str, region: str | None, phone_column: str | None = None,
                     email_column: str | None = None, workers: int = 1) -> IngestOptions:
-    return IngestOptions(channel=channel, region=region.upper() if region else None,
+    return IngestOptions(channel=channel, region=region,
                          phone_column=phone_column, email_column=email_column,
                          max_bytes=settings.max_file_bytes, max_rows=settings.max_rows, workers=workers)
 
@@ -167,7 +166,7 @@ def send(app: App, file: str | None, channel: str, directory: str, subject: str,
         raise UsageError("Give either a FILE or --from-directory-users, not both or neither.")
     with _api_target(app, api_url, sandbox, sandbox_scenario, sandbox_log) as (url, credentials):
         spec = RunSpec(channel=channel, directory=directory, subject=subject, body=body,
-                       region=(region or "").upper(), rate=rate or 0.0, sandbox=sandbox,
+                       region=region or "", rate=rate or 0.0, sandbox=sandbox,
                        api_url=url if (sandbox or api_url) else "",
                        source="directory-users" if from_directory_users else f"file:{Path(file).name}",
                        policy=policy_to_json(load_policy(app.settings.policy_file)) if app.settings.policy_file else "")
@@ -189,7 +188,7 @@ def send(app: App, file: str | None, channel: str, directory: str, subject: str,
         except KeyboardInterrupt:
             raise DispatchError(f"Stopped waiting; run {run_id} goes on whenever a worker runs "
                                 f"(`dispatch worker`), see `dispatch status {run_id}`.") from None
-    _print_summary(app, summary, as_json)
+    _print_summary(summary, as_json)
     if summary["state"] == RunState.ABORTED:
         raise click.exceptions.Exit(RunAbortedError.exit_code)
 
@@ -214,10 +213,10 @@ def _api_target(app: App, api_url: str | None, sandbox: bool, scenario: str | No
 
 def _check_directory(url: str, credentials: Credentials | None, directory: str) -> None:
     """Refuse an unknown directory before anything is queued (one directory/info call)."""
-    if not directory.startswith("dir_") or credentials is None:
-        if not directory.startswith(("dir_", "cam_")):
-            raise UsageError(f"{directory!r} is not a directory (dir_…) or coupon (cam_…) ID.")
-        return
+    if not directory.startswith(("dir_", "cam_")):
+        raise UsageError(f"{directory!r} is not a directory (dir_…) or coupon (cam_…) ID.")
+    if directory.startswith("cam_") or credentials is None:
+        return  # coupons have no info endpoint; without credentials the workers' own are used
     try:
         asyncio.run(_directory_info(url, credentials, directory))
     except APIError as exc:
@@ -269,8 +268,7 @@ def _wait_with_progress(app: App, run_id: str) -> dict:
         bar = progress.add_task("sending", total=None)
         while True:
             summary = app.runs.status(run_id)
-            final = sum(n for s, n in summary["counts"].items() if s not in ("pending", "in_flight", "retry_wait"))
-            progress.update(bar, total=summary["total"] or None, completed=final,
+            progress.update(bar, total=summary["total"] or None, completed=summary["final"],
                             description=f"{summary['state']} ({summary['counts'].get('sent', 0)} sent)")
             if summary["done"]:
                 return summary
@@ -282,9 +280,7 @@ def _local_worker_if_needed(app: App) -> Iterator[None]:
     if _worker_alive(app):
         yield
         return
-    env = {**os.environ, "DISPATCH_HOME": str(app.settings.home), "DISPATCH_STOP_WITH_PID": str(os.getpid())}
-    if app.settings.redis_url:
-        env["REDIS_URL"] = app.settings.redis_url
+    env = {**os.environ, "DISPATCH_STOP_WITH_PID": str(os.getpid())}  # same Redis and home: same environment
     command = [sys.executable, "-m", "tasks", "worker", "--loglevel", "WARNING"]
     process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=None if os.environ.get("DISPATCH_DEBUG") else subprocess.DEVNULL,
@@ -311,7 +307,7 @@ def _stop_process_group(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _print_summary(app: App, summary: dict, as_json: bool) -> None:
+def _print_summary(summary: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -330,8 +326,7 @@ def _print_summary(app: App, summary: dict, as_json: bool) -> None:
 @pass_app
 def status(app: App, run_id: str, as_json: bool) -> None:
     """Show a run's state and its recipients' counts by status."""
-    summary = app.runs.status(run_id)
-    _print_summary(app, summary, as_json)
+    _print_summary(app.runs.status(run_id), as_json)
 
 
 @cli.command()
@@ -438,8 +433,10 @@ def forget(app: App, run_id: str) -> None:
 
 
 def _say_changed(changed: bool, run_id: str, verb: str) -> None:
-    state = "" if changed else " (it was not in a state that allows this; nothing changed)"
-    click.echo(f"Run {run_id} {verb}{state}." if changed else f"Run {run_id}: not {verb}{state}.")
+    if changed:
+        click.echo(f"Run {run_id} {verb}.")
+    else:
+        click.echo(f"Run {run_id}: not {verb} (its state does not allow it; nothing changed).")
 
 
 # -- suppression ----------------------------------------------------------------------------------
@@ -548,5 +545,3 @@ def sandbox(host: str, port: int, scenario: str | None, request_log: str | None)
     serve(host=host, port=port, scenario=load_scenario(scenario),
           request_log=Path(request_log) if request_log else None)
 
-
-structlog.get_logger()  # structlog configured lazily by `cli`

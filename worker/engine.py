@@ -140,6 +140,8 @@ class _Batch:
         self.keys = keys.script_keys(run_id, spec.channel)
         self.scripts = sender.scripts
         self.policy = sender.policy_for(spec)
+        self.limiter = sender.limiter(run_id, spec)
+        self.client: CoupontoolsClient | None = None
         self.state = RunState.RUNNING
         self.hold_until = 0.0
         self.unsent: dict[int, tuple[str, int]] = {}  # claimed rows not yet handed to the API
@@ -159,7 +161,6 @@ class _Batch:
 
     async def run(self, client: CoupontoolsClient) -> BatchResult:
         self.client = client
-        self.limiter = self.sender.limiter(self.run_id, self.spec)
         watcher = asyncio.create_task(self._watch())
         flusher = asyncio.create_task(self._flush_continuously())
         try:
@@ -235,13 +236,13 @@ class _Batch:
             outcome = sent(row)
         except CoupontoolsError as error:
             outcome = after_error(row, attempts, error, self.policy)
-            await self._record(outcome)
+            self._record(outcome)
             await self._after_error(row, recipient, error, outcome)
             return
         except Exception as error:  # a bug of ours after the request may have left: never resend
             self.log.exception("unexpected error while sending", row=row)
             outcome = Outcome(row, Status.UNCERTAIN, 0, f"internal error: {type(error).__name__}")
-        await self._record(outcome)
+        self._record(outcome)
 
     async def _after_error(self, row: int, recipient: str, error: CoupontoolsError, outcome: Outcome) -> None:
         self.log.info("send failed", row=row, recipient=mask(recipient), code=error.code,
@@ -254,7 +255,7 @@ class _Batch:
         if outcome.stops_run and self.sending:
             await self._stop_run(f"error {error.code or error.http_status}: {error.message}")
 
-    async def _record(self, outcome: Outcome) -> None:
+    def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         self.result.tally[outcome.status] = self.result.tally.get(outcome.status, 0) + 1
         self.has_outcomes.set()
@@ -317,7 +318,6 @@ class _Batch:
 
     async def end_as_poison(self, deliveries: int) -> BatchResult:
         """A batch whose worker died too often: its unfinished rows end `failed`, never sent again."""
-        self.state = RunState.RUNNING
         message = f"the batch was delivered {deliveries} times (its worker kept dying); not sent again"
         for start in range(0, len(self.rows), CLAIM_CHUNK):
             for row, _, _ in await self._claim(self.rows[start:start + CLAIM_CHUNK]):

@@ -115,7 +115,7 @@ class Runs:
         created = self.redis.hsetnx(keys.run(run_id), "state", RunState.QUEUING)
         if not created and self.redis.hget(keys.run(run_id), "state") != RunState.QUEUING:
             return False
-        self.redis.hset(keys.run(run_id), mapping={**spec.to_hash(), "created_at": time.time()})
+        self.redis.hset(keys.run(run_id), mapping=spec.to_hash())
         self.redis.hsetnx(keys.run(run_id), "created_at", time.time())
         self.redis.zadd(keys.RUNS, {run_id: time.time()}, nx=True)
         self.redis.sadd(keys.ACTIVE, run_id)
@@ -158,9 +158,6 @@ class Runs:
             raise UnknownRunError(run_id)
         return data
 
-    def spec(self, run_id: str) -> RunSpec:
-        return RunSpec.from_hash(self.meta(run_id))
-
     def counts(self, run_id: str) -> dict[str, int]:
         raw = self.redis.hgetall(keys.counts(run_id))
         return {status: int(n) for status, n in raw.items() if int(n) > 0}
@@ -170,10 +167,11 @@ class Runs:
         meta = self.meta(run_id)
         counts = self.counts(run_id)
         open_rows = sum(counts.get(s, 0) for s in NOT_FINAL)
+        final_rows = sum(counts.get(s, 0) for s in FINAL)
         return {
             "run": run_id, "state": meta.get("state"), "reason": meta.get("reason", ""),
             "channel": meta.get("channel"), "directory": meta.get("directory"),
-            "total": int(meta.get("total", sum(counts.values()))), "counts": counts,
+            "total": int(meta.get("total", sum(counts.values()))), "counts": counts, "final": final_rows,
             "done": open_rows == 0 and meta.get("state") != RunState.QUEUING,
             "created_at": float(meta.get("created_at", 0)), "finished_at": float(meta.get("finished_at", 0)),
         }
@@ -181,8 +179,8 @@ class Runs:
     def iter_report(self, run_id: str) -> Iterator[ReportRow]:
         """Every row in input order, read in chunks (flat memory for a million rows)."""
         total = int(self.meta(run_id).get("total") or self.redis.hlen(keys.rows(run_id)))
-        for first in range(1, total + 1, ROW_CHUNK):
-            rows = list(range(first, min(total, first + ROW_CHUNK - 1) + 1))
+        for first, last in _spans(total, ROW_CHUNK):
+            rows = list(range(first, last + 1))
             for row, raw in zip(rows, self.redis.hmget(keys.rows(run_id), rows)):
                 if raw is not None:
                     yield _report_row(row, raw)
@@ -210,8 +208,7 @@ class Runs:
 
     def stop(self, run_id: str, state: RunState, reason: str) -> bool:
         """Abort or cancel: the state changes at once; untried rows end by finalize_untried."""
-        spec = self.spec(run_id)
-        return bool(self.scripts["stop"](keys=keys.script_keys(run_id, spec.channel),
+        return bool(self.scripts["stop"](keys=keys.script_keys(run_id, self.meta(run_id)["channel"]),
                                          args=[state, reason, time.time()]))
 
     def cancel(self, run_id: str) -> bool:
@@ -220,19 +217,17 @@ class Runs:
         return changed
 
     def finalize_untried(self, run_id: str) -> int:
-        """End every pending or waiting row of a stopped run as aborted or cancelled."""
+        """End every pending or waiting row of a stopped run as aborted or cancelled (one full pass,
+        done once by whoever stopped the run; afterwards only due and parked rows can still be open)."""
         meta = self.meta(run_id)
-        state = meta.get("state")
-        if state not in STOPPED_STATES:
-            return 0
-        status = Status.CANCELLED if state == RunState.CANCELLED else Status.ABORTED
-        script_keys = keys.script_keys(run_id, meta["channel"])
         total = int(meta.get("total") or self.redis.hlen(keys.rows(run_id)))
-        ended = 0
-        for first in range(1, total + 1, SWEEP_CHUNK):
-            ended += self.scripts["finalize"](keys=script_keys, args=[
-                status, first, min(total, first + SWEEP_CHUNK - 1), time.time()])
-        return ended  # the script removed each ended row from the due and parked sets itself
+        return sum(self._finalize(run_id, meta["channel"], list(range(first, last + 1)))
+                   for first, last in _spans(total, SWEEP_CHUNK))
+
+    def _finalize(self, run_id: str, channel: str, rows: list) -> int:
+        if not rows:
+            return 0
+        return self.scripts["finalize"](keys=keys.script_keys(run_id, channel), args=[time.time(), *rows])
 
     def retry(self, run_id: str, publish: Publisher, include_uncertain: bool = False) -> int:
         """Send `failed` rows again (and `uncertain` ones if asked, and `aborted` ones of an aborted run)."""
@@ -244,11 +239,9 @@ class Runs:
         self.redis.hset(keys.run(run_id), mapping={"state": RunState.RUNNING, "reason": ""})
         self.redis.hdel(keys.run(run_id), "finished_at")
         self.redis.sadd(keys.ACTIVE, run_id)
-        total = int(meta.get("total") or 0)
         requeued = 0
-        for first in range(1, total + 1, SWEEP_CHUNK):
-            rows = self.scripts["requeue"](keys=script_keys, args=[
-                ",".join(wanted), first, min(total, first + SWEEP_CHUNK - 1)])
+        for first, last in _spans(int(meta.get("total") or 0), SWEEP_CHUNK):
+            rows = self.scripts["requeue"](keys=script_keys, args=[",".join(wanted), first, last])
             for batch in _chunks(rows, self.batch_size):
                 publish(run_id, [int(r) for r in batch])
             requeued += len(rows)
@@ -285,8 +278,9 @@ class Runs:
         if not meta or state == RunState.COMPLETED or (state in STOPPED_STATES and meta.get("finished_at")):
             self.redis.srem(keys.ACTIVE, run_id)
             return 0
-        if state in STOPPED_STATES:
-            self.finalize_untried(run_id)
+        if state in STOPPED_STATES:  # in-flight rows that came back to wait, or rows parked before the stop
+            waiting = self.redis.zrange(keys.due(run_id), 0, -1) + list(self.redis.smembers(keys.parked(run_id)))
+            self._finalize(run_id, meta["channel"], waiting)
             return 0
         if state == RunState.PAUSED:
             return 0
@@ -333,6 +327,12 @@ def _report_row(row: int, raw: str) -> ReportRow:
                      error_message=message, attempts=int(attempts))
 
 
+def _spans(total: int, size: int) -> Iterator[tuple[int, int]]:
+    """(first, last) row numbers covering rows 1..total, `size` rows at a time."""
+    for first in range(1, total + 1, size):
+        yield first, min(total, first + size - 1)
+
+
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
     chunk: list = []
     for item in items:
@@ -343,5 +343,3 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
     if chunk:
         yield chunk
 
-
-assert FINAL | NOT_FINAL == set(Status)

@@ -55,6 +55,7 @@ local function set_aside(row, rec, state)
     move(rec, stop_status(state))
     rec[6] = ''
     redis.call('ZREM', KEYS[4], row)
+    redis.call('SREM', KEYS[5], row)
     save(row, rec)
   end
 end
@@ -162,21 +163,19 @@ end
 return 0
 """
 
-# ARGV: status, first row, last row, now → rows ended; untried rows of a stopped run end
+# ARGV: now, rows… → rows ended; untried (pending, waiting) rows of a stopped run end aborted/cancelled
 FINALIZE = r"""
-local status, ended = ARGV[1], 0
-for row = tonumber(ARGV[2]), tonumber(ARGV[3]) do
-  local rec = load(row)
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'aborted' and state ~= 'cancelled' then return 0 end
+local ended = 0
+for i = 2, #ARGV do
+  local rec = load(ARGV[i])
   if rec and (rec[1] == 'pending' or rec[1] == 'retry_wait') then
-    move(rec, status)
-    rec[6] = ''
-    save(row, rec)
-    redis.call('ZREM', KEYS[4], row)
-    redis.call('SREM', KEYS[5], row)
+    set_aside(ARGV[i], rec, state)
     ended = ended + 1
   end
 end
-maybe_complete(ARGV[4])
+maybe_complete(ARGV[1])
 return ended
 """
 

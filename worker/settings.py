@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import ConfigError
@@ -51,13 +51,6 @@ class Settings:
                 values[name] = _number(name, raw, kind)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
-
-    def with_(self, **changes: object) -> Settings:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.home / "reports"
 
 
 _NUMERIC = {

@@ -21,7 +21,6 @@ from worker.ingest.normalize import (
     check_channel,
     check_region,
     clean,
-    fold_name,
     normalize_batch,
 )
 from worker.ingest.options import IngestOptions, Verdict, make_verdict
