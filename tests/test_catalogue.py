@@ -1,21 +1,24 @@
-"""The error catalogue against the spec's table, policy overrides and their validation, and the
-class → status table of worker.outcomes.after_error for every documented code."""
+"""The error catalogue against the spec's table, the HTTP-status classes of envelope-less answers, policy
+overrides and their validation, and the class → status table of worker.outcomes.after_error."""
 from __future__ import annotations
 
 import datetime
 import math
 import random
+import tomllib
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.catalogue import CAMPAIGN_301_MESSAGE, CATALOGUE, ErrorClass, default_class, default_message
+from worker.catalogue import (CAMPAIGN_301_MESSAGE, CATALOGUE, HTTP_STATUS_CLASS, ErrorClass, default_class,
+                              default_message, http_status_class)
+from worker.client import read_answer
 from worker.errors import (APIError, ConfigError, HTTPStatusError, MaybeSentError, NotSentError,
                            ProtocolError)
 from worker.outcomes import after_error
-from worker.policy import (Policy, RetryPolicy, load_policy, parse_policy, policy_from_json,
+from worker.policy import (HTTP_OVERRIDABLE, Policy, RetryPolicy, load_policy, parse_policy, policy_from_json,
                            policy_to_json)
 from worker.statuses import Status
 
@@ -36,6 +39,15 @@ SPEC_TABLE = {
     605: E.BLACKLISTED,   # blacklist or opt-out list
 }
 SPEC_301_CAMPAIGN = E.RUN
+# Issue 9, written out by hand: HTTP status of an answer without the envelope → default class.
+SPEC_HTTP = {
+    408: E.TEMPORARY,     # request timeout: nothing was done
+    429: E.TEMPORARY,     # rate limited
+    503: E.TEMPORARY,     # unavailable
+    500: E.UNCERTAIN,     # internal error: may have acted first
+    502: E.UNCERTAIN,     # bad gateway: a server behind it may have acted
+    504: E.UNCERTAIN,     # gateway timeout: a server behind it may still act
+}
 SPEC_UNKNOWN = E.FAILED
 STATUS_OF = {E.ACCOUNT: Status.ABORTED, E.RUN: Status.ABORTED, E.INVALID: Status.INVALID,
              E.BLACKLISTED: Status.BLACKLISTED, E.TEMPORARY: Status.RETRY_WAIT, E.FAILED: Status.FAILED,
@@ -49,6 +61,13 @@ EXPECTED = {**{str(code): cls for code, cls in SPEC_TABLE.items()}, "301-campaig
 
 def api_error(code: int, message: str = "", **kwargs) -> APIError:
     return APIError(code, message, **kwargs)
+
+
+def http_error(status: int) -> HTTPStatusError:
+    """The error the client raises for a bare answer with `status`."""
+    with pytest.raises(HTTPStatusError) as caught:
+        read_answer(status, {}, b"<html>gateway</html>")
+    return caught.value
 
 
 def write_policy(tmp_path: Path, text: str) -> Path:
@@ -173,6 +192,134 @@ max_delay = 4
         assert policy_from_json(policy_to_json(policy)) == policy
 
 
+class TestHTTPStatusClasses:
+    def test_catalogued_statuses_are_exactly_the_issue_table(self):
+        """HTTP_STATUS_CLASS holds 408/429/503 temporary and 500/502/504 uncertain, each with a reason."""
+        assert {status: cls for status, (cls, _) in HTTP_STATUS_CLASS.items()} == SPEC_HTTP
+        assert all(reason and "\n" not in reason for _, reason in HTTP_STATUS_CLASS.values())
+
+    @pytest.mark.parametrize("status", sorted(SPEC_HTTP))
+    def test_default_policy_classes_bare_statuses_like_the_issue(self, status):
+        """A bare answer with a catalogued status gets the issue's class from the client and Policy()."""
+        error = http_error(status)
+        assert error.error_class is SPEC_HTTP[status] and http_status_class(status) is SPEC_HTTP[status]
+        assert Policy().classify(error) is SPEC_HTTP[status]
+
+    @pytest.mark.parametrize("status, cls", [(501, E.UNCERTAIN), (599, E.UNCERTAIN), (400, E.RUN),
+                                             (404, E.RUN), (499, E.RUN)])
+    def test_other_statuses(self, status, cls):
+        """Another 5xx is as unsure as a 500 (uncertain); another 4xx is a wrong URL or setup (run)."""
+        assert http_status_class(status) is cls and http_error(status).error_class is cls
+
+    def test_http_override_makes_502_temporary(self, tmp_path):
+        """`[http] 502 = "temporary"` retries a bare 502 on purpose; 500 and 504 stay uncertain."""
+        policy = load_policy(write_policy(tmp_path, '[http]\n502 = "temporary"  # at-least-once on purpose\n'))
+        assert policy.http == {502: E.TEMPORARY}
+        assert policy.classify(http_error(502)) is E.TEMPORARY
+        assert policy.classify(http_error(500)) is E.UNCERTAIN and policy.classify(http_error(504)) is E.UNCERTAIN
+        assert after_error(1, 1, http_error(502), policy, now=NOW).status is Status.RETRY_WAIT
+        assert after_error(1, 1, http_error(502), Policy(), now=NOW).status is Status.UNCERTAIN
+
+    def test_http_and_codes_sections_do_not_mix(self):
+        """HTTP status 502 and API error code 502 are different things: each section changes only its own."""
+        by_http = parse_policy({"http": {"502": "temporary"}})
+        by_code = parse_policy({"codes": {"502": "failed"}})
+        assert by_http.classify(api_error(502, default_message(502))) is E.RUN
+        assert by_code.classify(http_error(502)) is E.UNCERTAIN
+        assert by_code.classify(api_error(502, default_message(502))) is E.FAILED
+
+    @pytest.mark.parametrize("cls", sorted(HTTP_OVERRIDABLE))
+    def test_every_allowed_class_can_be_chosen(self, cls):
+        """temporary, uncertain, failed and run are all accepted for a status."""
+        assert parse_policy({"http": {"429": str(cls)}}).classify(http_error(429)) is cls
+
+    def test_http_override_does_not_touch_other_errors(self):
+        """An [http] entry changes bare answers only, not transport errors or 2xx protocol errors."""
+        policy = parse_policy({"http": {"500": "temporary", "502": "failed"}})
+        assert policy.classify(MaybeSentError("reset")) is E.UNCERTAIN
+        assert policy.classify(ProtocolError("html", http_status=200)) is E.UNCERTAIN
+        assert policy.classify(NotSentError("refused")) is E.TEMPORARY
+
+    def test_default_table_lists_the_http_statuses(self):
+        """`dispatch policy` shows 429/503/408 temporary and 500/502/504 uncertain, one row each."""
+        rows = {r[0]: r[2] for r in Policy().table() if r[0].startswith("HTTP ")}
+        for status, cls in SPEC_HTTP.items():
+            assert rows[f"HTTP {status}"] == str(cls)
+        assert rows["HTTP other 5xx"] == "uncertain" and rows["HTTP other 4xx"] == "run"
+
+    def test_table_shows_overrides(self):
+        """An overridden or added status shows its policy class, marked as coming from the policy file."""
+        rows = {r[0]: r for r in parse_policy({"http": {"502": "temporary", "418": "failed"}}).table()}
+        assert rows["HTTP 502"][2] == "temporary" and "policy file" in rows["HTTP 502"][1]
+        assert rows["HTTP 418"][2] == "failed" and "policy file" in rows["HTTP 418"][1]
+        assert rows["HTTP 504"][2] == "uncertain" and "policy file" not in rows["HTTP 504"][1]
+
+    def test_http_overrides_survive_json_round_trip(self):
+        """A run's stored policy keeps its [http] entries."""
+        policy = parse_policy({"http": {"502": "temporary", "404": "failed"}, "codes": {"602": "failed"}})
+        assert policy_from_json(policy_to_json(policy)) == policy
+        assert policy_from_json(policy_to_json(policy)).http == {502: E.TEMPORARY, 404: E.FAILED}
+
+    def test_json_stored_before_http_existed_still_reads(self):
+        """A policy JSON without the "http" key (runs recorded earlier) reads with no HTTP overrides."""
+        old = '{"retry": {"max_attempts": 3, "base_delay": 0.2, "max_delay": 1.0}, ' \
+              '"codes": {"602": "temporary"}, "unknown": "failed"}'
+        policy = policy_from_json(old)
+        assert policy.http == {} and policy.codes == {602: E.TEMPORARY}
+        assert policy.classify(http_error(502)) is E.UNCERTAIN
+
+    @pytest.mark.parametrize("section, field", [
+        ({"502": "account"}, "http.502"), ({"502": "blacklisted"}, "http.502"), ({"502": "invalid"}, "http.502"),
+        ({"502": "sometimes"}, "http.502"), ({"502": 1}, "http.502"), ({"200": "temporary"}, "http.200"),
+        ({"399": "temporary"}, "http.399"), ({"600": "temporary"}, "http.600"), ({"abc": "failed"}, "http.abc"),
+        ({"-502": "failed"}, "http.-502"), ({"5_02": "failed"}, "http.5_02"), ({"502 ": "failed"}, "http.502 "),
+        ({"unknown": "failed"}, "http.unknown"), ({True: "failed"}, "http.True"),
+    ])
+    def test_bad_http_entries_are_one_sentence(self, section, field):
+        """A wrong [http] entry is a ConfigError of one sentence naming the entry."""
+        with pytest.raises(ConfigError) as caught:
+            parse_policy({"http": section})
+        message = str(caught.value)
+        assert message.startswith(f"policy: {field} ") and message.endswith(".") and "\n" not in message
+        assert message.count(". ") == 0 and caught.value.exit_code == 2
+
+
+HTTP_CLASSES = st.sampled_from(sorted(HTTP_OVERRIDABLE))
+HTTP_OVERRIDES = st.dictionaries(st.integers(400, 599), HTTP_CLASSES, max_size=6)
+
+
+class TestHTTPStatusProperties:
+    @settings(max_examples=300, deadline=None)
+    @given(status=st.integers(400, 599), overrides=HTTP_OVERRIDES)
+    def test_every_status_has_one_class_and_overrides_win(self, status, overrides):
+        """Every status 400-599 gets exactly one class, the policy's when it names the status."""
+        text = "[http]\n" + "".join(f'{s} = "{c}"\n' for s, c in overrides.items())
+        policy = parse_policy(tomllib.loads(text))
+        assert policy.http == overrides
+        expected = overrides.get(status, http_status_class(status))
+        assert policy.classify(http_error(status)) is expected
+        rows = [r for r in policy.table() if r[0] == f"HTTP {status}"]
+        if status in overrides or status in HTTP_STATUS_CLASS:
+            assert [r[2] for r in rows] == [str(expected)]
+        else:
+            assert rows == []
+        assert policy_from_json(policy_to_json(policy)) == policy
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.dictionaries(st.integers(-5, 1000) | st.text(max_size=5) | st.sampled_from(["502", "429", "600"]),
+                           HTTP_CLASSES | st.sampled_from(list(ErrorClass)) | st.integers() | st.text(max_size=6),
+                           max_size=4))
+    def test_http_section_parses_or_refuses(self, section):
+        """Any [http] table gives statuses 400-599 with allowed classes, or a one-sentence ConfigError."""
+        try:
+            policy = parse_policy({"http": section})
+        except ConfigError as error:
+            assert str(error).startswith("policy: http.") and str(error).endswith(".")
+            return
+        assert all(isinstance(s, int) and 400 <= s <= 599 for s in policy.http)
+        assert set(policy.http.values()) <= HTTP_OVERRIDABLE
+
+
 INVALID_POLICIES = [
     ("[retry]\nmax_attempts = 0\n", "retry.max_attempts"),
     ("[retry]\nmax_attempts = 2.5\n", "retry.max_attempts"),
@@ -190,6 +337,10 @@ INVALID_POLICIES = [
     ("retry = 3\n", "[retry]"),
     ("codes = [1, 2]\n", "[codes]"),
     ("[extra]\nx = 1\n", "[extra]"),
+    ('[http]\n502 = "account"\n', "http.502"),
+    ('[http]\n700 = "temporary"\n', "http.700"),
+    ('[http]\ngateway = "temporary"\n', "http.gateway"),
+    ("http = 3\n", "[http]"),
     ("[retry\nmax_attempts = 3\n", "not valid TOML"),
 ]
 
@@ -235,10 +386,11 @@ TOML_SCALARS = (st.integers(-(2 ** 63), 2 ** 63 - 1) | st.floats() | st.booleans
                 | st.times() | st.sampled_from([str(c) for c in SPEC_TABLE]))
 TOML_VALUES = st.recursive(TOML_SCALARS, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
-KEYS = st.sampled_from(["max_attempts", "base_delay", "max_delay", "unknown", "602", "301", "999"]) \
+KEYS = st.sampled_from(["max_attempts", "base_delay", "max_delay", "unknown", "602", "301", "999", "502",
+                        "429", "200"]) \
     | st.text(max_size=6) | st.integers(-5, 2000)
 SECTIONS = st.dictionaries(KEYS, TOML_VALUES | st.sampled_from(list(ErrorClass)), max_size=4)
-POLICY_DATA = st.dictionaries(st.sampled_from(["retry", "codes"]) | st.text(max_size=6),
+POLICY_DATA = st.dictionaries(st.sampled_from(["retry", "codes", "http"]) | st.text(max_size=6),
                               SECTIONS | TOML_VALUES, max_size=3)
 
 
@@ -257,6 +409,7 @@ class TestPolicyProperties:
         assert math.isfinite(retry.base_delay) and math.isfinite(retry.max_delay)
         assert retry.base_delay >= 0 and retry.max_delay >= 0
         assert all(isinstance(c, int) and cls is not E.UNCERTAIN for c, cls in policy.codes.items())
+        assert all(400 <= s <= 599 and cls in HTTP_OVERRIDABLE for s, cls in policy.http.items())
         assert policy_from_json(policy_to_json(policy)) == policy
 
 
@@ -321,6 +474,8 @@ class TestAfterError:
         (ProtocolError("html", http_status=200), Status.UNCERTAIN, 200),
         (HTTPStatusError("HTTP 503", http_status=503, retry_after=None, error_class=E.TEMPORARY),
          Status.RETRY_WAIT, 503),
+        (HTTPStatusError("HTTP 502", http_status=502, retry_after=None, error_class=E.UNCERTAIN),
+         Status.UNCERTAIN, 502),
         (HTTPStatusError("HTTP 404", http_status=404, retry_after=None, error_class=E.RUN), Status.ABORTED, 404),
     ])
     def test_errors_without_a_code(self, error, status, code):

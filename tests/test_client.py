@@ -15,15 +15,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.catalogue import CAMPAIGN_301_MESSAGE, ErrorClass
+from worker.catalogue import CAMPAIGN_301_MESSAGE, ErrorClass, http_status_class
 from worker.client import CoupontoolsClient, Credentials, parse_retry_after, read_answer, transport_error
 from worker.errors import (APIError, CoupontoolsError, HTTPStatusError, MaybeSentError, NotSentError,
                            ProtocolError)
-from worker.policy import Policy
+from worker.policy import Policy, parse_policy
 from worker.sandbox import read_request_log, running_sandbox
 
 CREDS = Credentials("sandbox", "sandbox")
-STATUSES = (200, 401, 404, 422, 429, 500, 503)
+STATUSES = (200, 401, 404, 422, 429, 500, 502, 503, 504)
+RETRYABLE_STATUSES = (408, 429, 503)  # refused before anything was done: temporary
+MAYBE_ACTED_STATUSES = (500, 502, 504)  # a server behind the gateway may have acted: uncertain
 OK_BODY = json.dumps({"status": {"status": "OK"}, "campaign": "dir_12345", "phone": "447911000001"}).encode()
 
 
@@ -80,13 +82,15 @@ class TestReadAnswer:
 
     @pytest.mark.parametrize("status", STATUSES)
     def test_success_envelope_under_every_status(self, status):
-        """An OK envelope is a success only below 400; 429/5xx are temporary, other 4xx permanent."""
+        """An OK envelope is a success only below 400; 429/503 are temporary, 500/502/504 uncertain, other
+        4xx permanent."""
         if status < 400:
             assert read_answer(status, {}, OK_BODY)["status"]["status"] == "OK"
             return
         with pytest.raises(CoupontoolsError) as caught:
             read_answer(status, {}, OK_BODY)
-        expected = ErrorClass.TEMPORARY if status == 429 or status >= 500 else ErrorClass.FAILED
+        expected = {429: ErrorClass.TEMPORARY, 503: ErrorClass.TEMPORARY, 500: ErrorClass.UNCERTAIN,
+                    502: ErrorClass.UNCERTAIN, 504: ErrorClass.UNCERTAIN}.get(status, ErrorClass.FAILED)
         assert caught.value.error_class is expected and caught.value.http_status == status
 
     @pytest.mark.parametrize("status", STATUSES)
@@ -139,14 +143,33 @@ class TestReadAnswer:
             read_answer(200, {}, json.dumps(document).encode())
         assert caught.value.error_class is ErrorClass.UNCERTAIN
 
-    @pytest.mark.parametrize("status", [429, 500, 502, 503, 504])
+    @pytest.mark.parametrize("status", RETRYABLE_STATUSES)
     def test_temporary_status_without_envelope(self, status):
-        """429 and 5xx with a plain body are temporary and carry Retry-After."""
+        """429, 503 and 408 with a plain body are temporary and carry Retry-After."""
         with pytest.raises(HTTPStatusError) as caught:
             read_answer(status, httpx.Headers({"Retry-After": "3"}), b"Service Unavailable")
         error = caught.value
         assert error.error_class is ErrorClass.TEMPORARY and error.retry_after == 3.0
-        assert error.http_status == status
+        assert error.http_status == status and Policy().classify(error) is ErrorClass.TEMPORARY
+
+    @pytest.mark.parametrize("status", MAYBE_ACTED_STATUSES)
+    def test_gateway_error_without_envelope_is_uncertain(self, status):
+        """500, 502 and 504 with a plain body may hide a server that acted: uncertain, never resent."""
+        with pytest.raises(HTTPStatusError) as caught:
+            read_answer(status, httpx.Headers({"Retry-After": "3"}), b"<html>Bad Gateway</html>")
+        error = caught.value
+        assert error.error_class is ErrorClass.UNCERTAIN and error.http_status == status
+        assert Policy().classify(error) is ErrorClass.UNCERTAIN
+
+    @pytest.mark.parametrize("status", MAYBE_ACTED_STATUSES)
+    def test_gateway_error_retried_only_when_the_policy_says_so(self, status):
+        """An [http] entry makes that one status temporary (at-least-once on purpose), the others stay."""
+        policy = parse_policy({"http": {str(status): "temporary"}})
+        for other in MAYBE_ACTED_STATUSES:
+            with pytest.raises(HTTPStatusError) as caught:
+                read_answer(other, {}, b"")
+            expected = ErrorClass.TEMPORARY if other == status else ErrorClass.UNCERTAIN
+            assert policy.classify(caught.value) is expected
 
     def test_temporary_status_without_retry_after(self):
         """A bare 503 without Retry-After is temporary with no retry_after."""
@@ -172,6 +195,16 @@ class TestReadAnswer:
         with pytest.raises(HTTPStatusError) as caught_5xx:
             read_answer(503, {}, body)
         assert caught_5xx.value.error_class is ErrorClass.TEMPORARY
+
+    @pytest.mark.parametrize("status", RETRYABLE_STATUSES[1:] + MAYBE_ACTED_STATUSES)
+    def test_codeless_envelope_at_429_and_5xx_follows_the_status(self, status):
+        """A failed envelope without a code under 429/5xx is classed exactly like a bare answer."""
+        body = json.dumps({"status": {"status": "failed", "errors": {"error_message": "oops"}}}).encode()
+        with pytest.raises(HTTPStatusError) as caught:
+            read_answer(status, httpx.Headers({"Retry-After": "5"}), body)
+        assert caught.value.error_class is http_status_class(status) and caught.value.retry_after == 5.0
+        expected = ErrorClass.UNCERTAIN if status in MAYBE_ACTED_STATUSES else ErrorClass.TEMPORARY
+        assert caught.value.error_class is expected
 
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
@@ -215,6 +248,21 @@ class TestReadAnswerProperties:
             assert error.retry_after is None or error.retry_after >= 0
         else:
             assert isinstance(answer, dict) and is_ok_envelope(body) and status < 400
+
+    @settings(max_examples=300, deadline=None)
+    @given(status=st.integers(400, 599), body=st.sampled_from([b"", b"Bad Gateway", b"<html>x</html>",
+                                                               b'{"status": {"status": "failed"}}']))
+    def test_every_error_status_reads_as_its_one_default_class(self, status, body):
+        """Any 4xx/5xx without a code gives an error whose class is the status's one default class."""
+        with pytest.raises(CoupontoolsError) as caught:
+            read_answer(status, {}, body)
+        error = caught.value
+        assert error.http_status == status
+        if isinstance(error, HTTPStatusError):
+            assert error.error_class is http_status_class(status)
+            assert Policy().classify(error) is http_status_class(status)
+        else:  # a codeless failed envelope under a 4xx other than 429: permanent
+            assert isinstance(error, ProtocolError) and status < 500 and error.error_class is ErrorClass.FAILED
 
     @settings(max_examples=300, deadline=None)
     @given(st.text(max_size=40))
@@ -395,6 +443,7 @@ TRANSPORT_SCENARIO = {"rules": [
     {"match": {"exact": "+447911000902"}, "steps": [{"garbage": True}]},
     {"match": {"exact": "+447911000903"}, "steps": [{"http": 503, "retry_after": 4}]},
     {"match": {"exact": "+447911000904"}, "steps": [{"http": 404}]},
+    {"match": {"exact": "+447911000905"}, "steps": [{"http": 502}, {"ok": True}]},
 ]}
 
 
@@ -440,6 +489,15 @@ class TestTransportOverASocket:
         error = raised(transport_sandbox[0], sms("+447911000903"))
         assert isinstance(error, HTTPStatusError) and error.error_class is ErrorClass.TEMPORARY
         assert error.retry_after == 4.0 and error.http_status == 503
+
+    def test_bare_502_is_uncertain_and_sent_once(self, transport_sandbox):
+        """A plain 502 from the server: uncertain under the default policy, temporary only by [http]."""
+        url, log = transport_sandbox
+        error = raised(url, sms("+447911000905"))
+        assert isinstance(error, HTTPStatusError) and error.http_status == 502
+        assert Policy().classify(error) is ErrorClass.UNCERTAIN
+        assert parse_policy({"http": {"502": "temporary"}}).classify(error) is ErrorClass.TEMPORARY
+        assert [l["result"] for l in read_request_log(log) if l["recipient"] == "+447911000905"] == ["http_502"]
 
     def test_bare_404_stops_the_run(self, transport_sandbox):
         """A plain 404 (wrong URL) is a run problem."""

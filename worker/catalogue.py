@@ -10,8 +10,12 @@ Classes (what the engine does with an answer):
     failed       permanent for this recipient; never retried
     uncertain    the request may have reached the API; never resent automatically
 
-Operators override classes per code with a policy file (see worker.policy); this module holds only the
-documented defaults, so tests can check that every documented code has exactly one class.
+Answers without the API's envelope are classed by their HTTP status alone (HTTP_STATUS_CLASS): a
+gateway's 500/502/504 may hide a server that acted on the request, so they are uncertain, not retried.
+
+Operators override classes per code, and per HTTP status, with a policy file (see worker.policy); this
+module holds only the documented defaults, so tests can check that every documented code and every HTTP
+status has exactly one class.
 """
 from __future__ import annotations
 
@@ -75,6 +79,27 @@ CAMPAIGN_301_MARKER = "parameter: campaign"
 CAMPAIGN_301_MESSAGE = "HTTP/1.0 422 Unprocessable entity. Invalid character in parameter: campaign"
 
 UNKNOWN_CODE_CLASS = ErrorClass.FAILED
+
+
+# The class of an answer without the API's envelope, by HTTP status (worker.client.read_answer): status →
+# (class, why). A policy file's [http] section overrides these, e.g. 502 = "temporary" for at-least-once.
+HTTP_STATUS_CLASS: dict[int, tuple[ErrorClass, str]] = {
+    408: (ErrorClass.TEMPORARY, "request timeout: the server gave up before acting on it"),
+    429: (ErrorClass.TEMPORARY, "rate limited: refused before acting on it, retry after Retry-After"),
+    500: (ErrorClass.UNCERTAIN, "internal server error: the server may have acted before failing"),
+    502: (ErrorClass.UNCERTAIN, "bad gateway: a server behind the gateway may have acted on it"),
+    503: (ErrorClass.TEMPORARY, "unavailable: refused before acting on it, retry after Retry-After"),
+    504: (ErrorClass.UNCERTAIN, "gateway timeout: a server behind the gateway may still be acting on it"),
+}
+OTHER_5XX_CLASS = ErrorClass.UNCERTAIN  # another 5xx says no more than a 500: maybe acted on
+OTHER_STATUS_CLASS = ErrorClass.RUN     # another 4xx (or a 1xx/3xx) without the envelope: wrong URL or setup
+
+
+def http_status_class(status: int) -> ErrorClass:
+    """The default class of an envelope-less answer with HTTP status `status` (not 2xx: see read_answer)."""
+    if status in HTTP_STATUS_CLASS:
+        return HTTP_STATUS_CLASS[status][0]
+    return OTHER_5XX_CLASS if 500 <= status <= 599 else OTHER_STATUS_CLASS
 
 
 def default_class(code: int, message: str = "") -> ErrorClass:

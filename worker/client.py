@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import httpx
 
-from worker.catalogue import ErrorClass
+from worker.catalogue import HTTP_STATUS_CLASS, ErrorClass, http_status_class
 from worker.errors import (APIError, CoupontoolsError, HTTPStatusError, MaybeSentError, NotSentError,
                            ProtocolError)
 
@@ -49,7 +49,9 @@ class AiohttpPoster:
                  max_connections: int) -> None:
         self.base_url = base_url
         self.headers = headers
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read)
+        # total: a server that trickles bytes cannot hold a request (and its batch) past connect + read
+        self.timeout = aiohttp.ClientTimeout(total=timeout.connect + timeout.read, sock_connect=timeout.connect,
+                                             sock_read=timeout.read)
         self.max_connections = max_connections
         self.session: aiohttp.ClientSession | None = None
 
@@ -155,7 +157,7 @@ def read_answer(status: int, headers: Mapping[str, str], body: bytes) -> dict[st
     if state.upper() == "OK" and status < 400:
         return document  # type: ignore[return-value]
     code, message = _error_fields(document["status"].get("errors"))  # type: ignore[index]
-    if code is None:
+    if code is None:  # at 429/5xx the HTTP status decides, as if there were no envelope
         if status == 429 or status >= 500:
             raise _bare_status_error(status, retry_after, body)
         raise ProtocolError(f"error envelope without an error code (HTTP {status})", http_status=status,
@@ -205,16 +207,18 @@ def _lenient_int(value: Any) -> int | None:
 
 
 def _bare_status_error(status: int, retry_after: float | None, body: bytes) -> CoupontoolsError:
-    """An answer that is not the envelope: its HTTP status decides what it means."""
-    if status == 429 or status == 408 or status >= 500:
-        return HTTPStatusError(f"HTTP {status} from the API", http_status=status, retry_after=retry_after,
-                               error_class=ErrorClass.TEMPORARY)
+    """An answer that is not the envelope: its HTTP status decides what it means (HTTP_STATUS_CLASS)."""
     if 200 <= status < 300:
         # The API may have acted on the request: never resend automatically.
         return ProtocolError(f"HTTP {status} with a body that is not the API's JSON envelope "
                              f"({len(body)} bytes)", http_status=status)
+    error_class = http_status_class(status)
+    if status in HTTP_STATUS_CLASS or 500 <= status <= 599:
+        # 429/503/408: retry later; 500/502/504: a server behind the gateway may have acted, uncertain.
+        return HTTPStatusError(f"HTTP {status} from the API", http_status=status, retry_after=retry_after,
+                               error_class=error_class)
     return HTTPStatusError(f"HTTP {status} without an API error envelope (is the API URL right?)",
-                           http_status=status, retry_after=retry_after, error_class=ErrorClass.RUN)
+                           http_status=status, retry_after=retry_after, error_class=error_class)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -11,7 +11,8 @@
         │   ├── NotSentError         connect refused / connect timeout: surely not sent (temporary)
         │   └── MaybeSentError       read timeout, reset, dropped connection: maybe sent (uncertain)
         ├── ProtocolError            an answer that is not the API's JSON envelope (uncertain on 2xx)
-        ├── HTTPStatusError          429 / 5xx / other status without an error envelope
+        ├── HTTPStatusError          a status without an error envelope: 429/503/408 temporary, 500/502/504
+        │                            uncertain, other 4xx run (worker.catalogue.HTTP_STATUS_CLASS, [http])
         └── APIError                 the error envelope: `code` and `message`, classed by the policy
 
 Every CoupontoolsError has `error_class` (worker.catalogue.ErrorClass), `code` (int or None) and
@@ -89,7 +90,8 @@ class ProtocolError(CoupontoolsError):
 
 
 class HTTPStatusError(CoupontoolsError):
-    """An HTTP status that says 'not now' (429, 5xx) or 'wrong place' (other 4xx), without an envelope."""
+    """An HTTP status without an envelope: 'not now' (429, 503, 408), 'maybe acted on' (500, 502, 504:
+    uncertain, never resent automatically) or 'wrong place' (other 4xx); see HTTP_STATUS_CLASS."""
 
     def __init__(self, message: str, *, http_status: int, retry_after: float | None,
                  error_class: ErrorClass) -> None:

@@ -9,6 +9,11 @@ A TOML file (`--policy FILE` or DISPATCH_POLICY) overrides the documented defaul
     [codes]
     602 = "temporary"       # account, run, invalid, blacklisted, temporary, failed
     unknown = "failed"      # the class of codes the documentation does not list
+    [http]                  # answers without the API's envelope, by HTTP status (400-599)
+    502 = "temporary"       # at-least-once on purpose: temporary, uncertain, failed, run
+
+Without an [http] entry, 429/503/408 are temporary and 500/502/504 uncertain (a server behind the gateway
+may have acted on the request, so it is never resent automatically); see worker.catalogue.HTTP_STATUS_CLASS.
 """
 from __future__ import annotations
 
@@ -19,10 +24,15 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.catalogue import CATALOGUE, CAMPAIGN_301_MARKER, UNKNOWN_CODE_CLASS, ErrorClass, default_class
-from worker.errors import APIError, ConfigError, CoupontoolsError
+from worker.catalogue import (CATALOGUE, CAMPAIGN_301_MARKER, HTTP_STATUS_CLASS, OTHER_5XX_CLASS,
+                              OTHER_STATUS_CLASS, UNKNOWN_CODE_CLASS, ErrorClass, default_class,
+                              http_status_class)
+from worker.errors import APIError, ConfigError, CoupontoolsError, HTTPStatusError
 
 OVERRIDABLE = frozenset(ErrorClass) - {ErrorClass.UNCERTAIN}
+# Classes an [http] entry may choose: an envelope-less answer names no recipient or account problem.
+HTTP_OVERRIDABLE = frozenset({ErrorClass.TEMPORARY, ErrorClass.UNCERTAIN, ErrorClass.FAILED, ErrorClass.RUN})
+HTTP_STATUSES = range(400, 600)  # the statuses an [http] entry may name
 
 
 @dataclass(frozen=True)
@@ -44,9 +54,12 @@ class Policy:
     retry: RetryPolicy = RetryPolicy()
     codes: dict[int, ErrorClass] = field(default_factory=dict)
     unknown: ErrorClass = UNKNOWN_CODE_CLASS
+    http: dict[int, ErrorClass] = field(default_factory=dict)  # HTTP status → class, envelope-less answers
 
     def classify(self, error: CoupontoolsError) -> ErrorClass:
         """The class that decides what happens to a recipient after `error`."""
+        if isinstance(error, HTTPStatusError):
+            return self.http.get(error.http_status, error.error_class)  # type: ignore[arg-type]
         if not isinstance(error, APIError):
             return error.error_class
         if error.code == 301 and CAMPAIGN_301_MARKER in error.message.lower():
@@ -68,22 +81,31 @@ class Policy:
         rows.extend((str(code), "(not documented)", str(cls))
                     for code, cls in sorted(self.codes.items()) if code not in CATALOGUE)
         rows.append(("other codes", "not documented", str(self.unknown)))
-        rows.append(("HTTP 429, 5xx, connect errors", "not documented", "temporary"))
-        rows.append(("read timeout, dropped connection, garbage 2xx", "maybe sent", "uncertain"))
+        for status in sorted(set(HTTP_STATUS_CLASS) | set(self.http)):
+            default, reason = HTTP_STATUS_CLASS.get(status, (http_status_class(status), "without the API's envelope"))
+            cls = self.http.get(status, default)
+            rows.append((f"HTTP {status}", reason + (" (policy file)" if status in self.http else ""), str(cls)))
+        rows.append(("HTTP other 5xx", "without the API's envelope: may have been acted on", str(OTHER_5XX_CLASS)))
+        rows.append(("HTTP other 4xx", "without the API's envelope: wrong API URL or setup",
+                     str(OTHER_STATUS_CLASS)))
+        rows.append(("connect refused, connect timeout", "surely not sent", str(ErrorClass.TEMPORARY)))
+        rows.append(("read timeout, dropped connection, garbage 2xx", "maybe sent", str(ErrorClass.UNCERTAIN)))
         return rows
 
 
 def policy_to_json(policy: Policy) -> str:
     """The policy as JSON, stored with a run so every worker applies the policy it was sent with."""
     return json.dumps({"retry": vars(policy.retry), "codes": {str(k): str(v) for k, v in policy.codes.items()},
-                       "unknown": str(policy.unknown)})
+                       "unknown": str(policy.unknown), "http": {str(k): str(v) for k, v in policy.http.items()}})
 
 
 def policy_from_json(text: str) -> Policy:
+    """The policy a run was sent with; JSON stored before [http] existed has no "http" key."""
     data = json.loads(text)
     return Policy(retry=RetryPolicy(**data["retry"]),
                   codes={int(k): ErrorClass(v) for k, v in data["codes"].items()},
-                  unknown=ErrorClass(data["unknown"]))
+                  unknown=ErrorClass(data["unknown"]),
+                  http={int(k): ErrorClass(v) for k, v in data.get("http", {}).items()})
 
 
 def load_policy(path: Path | str | None) -> Policy:
@@ -100,12 +122,13 @@ def load_policy(path: Path | str | None) -> Policy:
 
 
 def parse_policy(data: dict, origin: str = "policy") -> Policy:
-    unknown_sections = set(data) - {"retry", "codes"}
+    unknown_sections = set(data) - {"retry", "codes", "http"}
     if unknown_sections:
         raise ConfigError(f"{origin}: unknown section [{sorted(map(str, unknown_sections))[0]}].")
     retry = _parse_retry(data.get("retry", {}), origin)
     codes, unknown = _parse_codes(data.get("codes", {}), origin)
-    return Policy(retry=retry, codes=codes, unknown=unknown)
+    http = _parse_http(data.get("http", {}), origin)
+    return Policy(retry=retry, codes=codes, unknown=unknown, http=http)
 
 
 def _parse_retry(section: object, origin: str) -> RetryPolicy:
@@ -149,8 +172,29 @@ def _parse_codes(section: object, origin: str) -> tuple[dict[int, ErrorClass], E
     return codes, unknown
 
 
-def _error_class(value: object, where: str) -> ErrorClass:
-    if isinstance(value, str) and value in OVERRIDABLE:
+def _parse_http(section: object, origin: str) -> dict[int, ErrorClass]:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{origin}: [http] must be a table.")
+    http: dict[int, ErrorClass] = {}
+    for key, value in section.items():
+        status = _http_status(key)
+        if status is None:
+            raise ConfigError(f"{origin}: http.{key} is not an HTTP status from 400 to 599.")
+        http[status] = _error_class(value, f"{origin}: http.{key}", HTTP_OVERRIDABLE)
+    return http
+
+
+def _http_status(key: object) -> int | None:
+    """The status a [http] key names (`"502"`, or 502 from Python), or None when it names none."""
+    if isinstance(key, str) and key.isascii() and key.isdigit():
+        key = int(key)
+    if isinstance(key, int) and not isinstance(key, bool) and key in HTTP_STATUSES:
+        return key
+    return None
+
+
+def _error_class(value: object, where: str, allowed: frozenset[ErrorClass] = OVERRIDABLE) -> ErrorClass:
+    if isinstance(value, str) and value in allowed:
         return ErrorClass(value)
-    choices = ", ".join(sorted(OVERRIDABLE))
+    choices = ", ".join(sorted(allowed))
     raise ConfigError(f"{where} must be one of {choices}, not {value!r}.")
