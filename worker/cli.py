@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +23,7 @@ import click
 from worker import keys
 from worker.cells import safe_cell
 from worker.client import CoupontoolsClient, Credentials
-from worker.errors import APIError, CoupontoolsError, DispatchError, RunAbortedError, UsageError
+from worker.errors import APIError, ConfigError, CoupontoolsError, DispatchError, RunAbortedError, UsageError
 from worker.ingest import IngestOptions, open_recipient_file, summarize, validate_records, normalize_address
 from worker.logs import configure
 from worker.policy import load_policy, policy_to_json
@@ -33,7 +33,10 @@ from worker.settings import SANDBOX_CREDENTIALS, Settings
 from worker.statuses import RunState, Status
 
 WORKER_SEEN_WITHIN = 5.0  # seconds: a heartbeat this recent means a worker is consuming
+WORKER_GONE_FOR = 2.0  # seconds of no live worker, while waiting, before a local one is started
+LOCAL_WORKER_STARTS = 3  # a local worker that keeps stopping is reported, not restarted forever
 POLL_EVERY = 0.2
+STOP_GRACE = 130  # seconds a stopping local worker may take: its batches end within the visibility timeout
 
 
 class Backend(Protocol):
@@ -51,7 +54,8 @@ class App:
     @property
     def runs(self) -> Runs:
         if self._runs is None:
-            self._runs = Runs(connect(resolve_redis_url(self.settings)), batch_size=self.settings.batch_size)
+            self._runs = Runs(connect(resolve_redis_url(self.settings)), batch_size=self.settings.batch_size,
+                              stall_timeout=self.settings.stall_timeout)
         return self._runs
 
 
@@ -60,6 +64,8 @@ CHANNEL = click.option("--channel", type=click.Choice(["sms", "email"]), require
                        help="Send by SMS (phone column) or email (email column).")
 REGION = click.option("--region", metavar="CC", help="Country for national numbers (ISO 3166 alpha-2, e.g. GB).")
 JSON_OUT = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+WAIT = click.option("--wait", is_flag=True, help="Show progress until every recipient has a final status "
+                    "(a local worker runs whenever no worker is consuming).")
 
 
 def run(argv: list[str] | None, backend: Backend) -> int:
@@ -154,7 +160,7 @@ def _ingest_options(settings: Settings, channel: str, region: str | None, phone_
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Messages per second, all workers together.")
 @click.option("--run-id", help="Choose the run ID (submitting the same ID twice creates one run).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, help="Processes validating in parallel.")
-@click.option("--wait", is_flag=True, help="Show progress until every recipient has a final status.")
+@WAIT
 @JSON_OUT
 @pass_app
 def send(app: App, file: str | None, channel: str, directory: str, subject: str, body: str,
@@ -183,14 +189,8 @@ def send(app: App, file: str | None, channel: str, directory: str, subject: str,
             return
         if not as_json:
             click.echo(f"Run {run_id} queued.", err=True)
-        try:
-            summary = _wait_for(app, run_id, show_progress=not as_json)
-        except KeyboardInterrupt:
-            raise DispatchError(f"Stopped waiting; run {run_id} goes on whenever a worker runs "
-                                f"(`dispatch worker`), see `dispatch status {run_id}`.") from None
-    _print_summary(summary, as_json)
-    if summary["state"] == RunState.ABORTED:
-        raise click.exceptions.Exit(RunAbortedError.exit_code)
+        summary = _await_run(app, run_id, as_json)
+    _finish(summary, as_json)
 
 
 @contextlib.contextmanager
@@ -250,45 +250,94 @@ async def _fetch_directory_users(url: str, credentials: Credentials, directory: 
             raise UsageError(f"Could not list the users of {directory}: {exc}.") from None
 
 
-def _wait_for(app: App, run_id: str, show_progress: bool) -> dict:
-    """Poll until every row is final, running a local worker when none is consuming."""
-    with _local_worker_if_needed(app):
-        if show_progress and sys.stderr.isatty():
-            return _wait_with_progress(app, run_id)
+# -- waiting (send/retry/resume --wait, dispatch wait) ----------------------------------------------
+def _await_run(app: App, run_id: str, as_json: bool, timeout: float | None = None) -> dict:
+    """The run's summary once it is done; Ctrl-C stops only the waiting, and says so."""
+    try:
+        return _wait_for(app, run_id, show_progress=not as_json, timeout=timeout)
+    except KeyboardInterrupt:
+        raise DispatchError(f"Stopped waiting; run {run_id} goes on whenever a worker runs "
+                            f"(`dispatch worker`), see `dispatch status {run_id}`.") from None
+
+
+def _finish(summary: dict, as_json: bool) -> None:
+    """Print the summary; an aborted run exits 3."""
+    _print_summary(summary, as_json)
+    if summary["state"] == RunState.ABORTED:
+        raise click.exceptions.Exit(RunAbortedError.exit_code)
+
+
+def _wait_for(app: App, run_id: str, show_progress: bool, timeout: float | None = None) -> dict:
+    """Poll until every row is final; whenever no worker has been alive for a while, run a local one."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _LocalWorker(app) as local, _progress(show_progress and sys.stderr.isatty()) as show:
         while not (summary := app.runs.status(run_id))["done"]:
+            show(summary)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DispatchError(f"Run {run_id} is not done after {timeout:g} s ({summary['final']} of "
+                                    f"{summary['total']} rows final); it goes on, see `dispatch status {run_id}`.")
+            local.start_if_nobody_consumes()
             time.sleep(POLL_EVERY)
         return summary
 
 
-def _wait_with_progress(app: App, run_id: str) -> dict:
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[dict], None]]:
+    """A function that shows a run's summary as a progress bar on stderr (or does nothing)."""
+    if not enabled:
+        yield lambda summary: None
+        return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, transient=True) as progress:
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         bar = progress.add_task("sending", total=None)
-        while True:
-            summary = app.runs.status(run_id)
-            progress.update(bar, total=summary["total"] or None, completed=summary["final"],
-                            description=f"{summary['state']} ({summary['counts'].get('sent', 0)} sent)")
-            if summary["done"]:
-                return summary
-            time.sleep(POLL_EVERY)
+        yield lambda s: progress.update(bar, total=s["total"] or None, completed=s["final"],
+                                        description=f"{s['state']} ({s['counts'].get('sent', 0)} sent)")
 
 
-@contextlib.contextmanager
-def _local_worker_if_needed(app: App) -> Iterator[None]:
-    if _worker_alive(app):
-        yield
-        return
-    env = {**os.environ, "DISPATCH_STOP_WITH_PID": str(os.getpid())}  # same Redis and home: same environment
-    command = [sys.executable, "-m", "tasks", "worker", "--loglevel", "WARNING"]
-    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=None if os.environ.get("DISPATCH_DEBUG") else subprocess.DEVNULL,
-                               start_new_session=True)
-    try:
-        yield
-    finally:
-        _stop_process_group(process)
+class _LocalWorker:
+    """The `dispatch worker` this command runs while no other worker consumes; stopped on exit.
+
+    Liveness is looked at on every poll: a worker that stops (its heartbeat removed) or dies (its
+    heartbeat ages out after WORKER_SEEN_WITHIN) is replaced after WORKER_GONE_FOR seconds."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.process: subprocess.Popen | None = None
+        self.starts, self.looked = 0, False
+        self.nobody_since: float | None = None  # when this command last began to see no live worker
+
+    def __enter__(self) -> _LocalWorker:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            _stop_process_group(self.process)
+
+    def start_if_nobody_consumes(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return  # ours runs (its heartbeat follows once it has started)
+        first_look, self.looked = not self.looked, True
+        if _worker_alive(self.app):
+            self.nobody_since = None
+            return
+        now = time.monotonic()
+        self.nobody_since = self.nobody_since or now
+        if first_look or now - self.nobody_since >= WORKER_GONE_FOR:
+            self._start()
+
+    def _start(self) -> None:
+        if self.starts >= LOCAL_WORKER_STARTS:
+            raise DispatchError(f"The local worker stopped {self.starts} times (last exit code "
+                                f"{self.process.returncode}); run `dispatch worker` to see why.")
+        env = {**os.environ, "DISPATCH_STOP_WITH_PID": str(os.getpid())}  # same Redis and home
+        command = [sys.executable, "-m", "tasks", "worker", "--loglevel", "WARNING"]
+        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        stderr=None if os.environ.get("DISPATCH_DEBUG") else subprocess.DEVNULL,
+                                        start_new_session=True)
+        self.starts, self.nobody_since = self.starts + 1, None
 
 
 def _worker_alive(app: App) -> bool:
@@ -297,10 +346,12 @@ def _worker_alive(app: App) -> bool:
 
 
 def _stop_process_group(process: subprocess.Popen) -> None:
+    """Warm shutdown (SIGTERM to the main process: batches in hand finish, so nothing ends uncertain);
+    the whole group is killed only if that takes longer than a batch can live."""
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=STOP_GRACE)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -398,10 +449,18 @@ def pause(app: App, run_id: str) -> None:
 
 @cli.command()
 @click.argument("run_id", metavar="RUN")
+@WAIT
+@JSON_OUT
 @pass_app
-def resume(app: App, run_id: str) -> None:
+def resume(app: App, run_id: str, wait: bool, as_json: bool) -> None:
     """Continue a paused run."""
-    _say_changed(app.runs.resume(run_id, app.backend.publish), run_id, "resumed")
+    changed = app.runs.resume(run_id, app.backend.publish)
+    if as_json and not wait:
+        click.echo(json.dumps({"run": run_id, "resumed": changed}))
+    elif not as_json:
+        _say_changed(changed, run_id, "resumed", err=wait)
+    if wait:
+        _finish(_await_run(app, run_id, as_json), as_json)
 
 
 @cli.command()
@@ -416,11 +475,29 @@ def cancel(app: App, run_id: str) -> None:
 @click.argument("run_id", metavar="RUN")
 @click.option("--include-uncertain", is_flag=True,
               help="Also resend `uncertain` recipients (they may have received the message already).")
+@WAIT
+@JSON_OUT
 @pass_app
-def retry(app: App, run_id: str, include_uncertain: bool) -> None:
+def retry(app: App, run_id: str, include_uncertain: bool, wait: bool, as_json: bool) -> None:
     """Send `failed` recipients again (and `aborted` ones of an aborted run)."""
     count = app.runs.retry(run_id, app.backend.publish, include_uncertain=include_uncertain)
-    click.echo(f"Run {run_id}: {count} recipients queued again.")
+    if as_json and not wait:
+        click.echo(json.dumps({"run": run_id, "queued": count}))
+    elif not as_json:
+        click.echo(f"Run {run_id}: {count} recipients queued again.", err=wait)
+    if wait:
+        _finish(_await_run(app, run_id, as_json), as_json)
+
+
+@cli.command("wait")
+@click.argument("run_id", metavar="RUN")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Give up waiting (exit 1) after this long; the run goes on.")
+@JSON_OUT
+@pass_app
+def wait_run(app: App, run_id: str, timeout: float | None, as_json: bool) -> None:
+    """Show progress until every recipient of RUN is final, then the summary (like `send --wait`)."""
+    _finish(_await_run(app, run_id, as_json, timeout), as_json)
 
 
 @cli.command()
@@ -432,11 +509,11 @@ def forget(app: App, run_id: str) -> None:
     click.echo(f"Run {run_id} forgotten.")
 
 
-def _say_changed(changed: bool, run_id: str, verb: str) -> None:
+def _say_changed(changed: bool, run_id: str, verb: str, err: bool = False) -> None:
     if changed:
-        click.echo(f"Run {run_id} {verb}.")
+        click.echo(f"Run {run_id} {verb}.", err=err)
     else:
-        click.echo(f"Run {run_id}: not {verb} (its state does not allow it; nothing changed).")
+        click.echo(f"Run {run_id}: not {verb} (its state does not allow it; nothing changed).", err=err)
 
 
 # -- suppression ----------------------------------------------------------------------------------
@@ -528,9 +605,26 @@ async def _list_directories(url: str, credentials: Credentials) -> list[dict]:
 @pass_app
 def worker(app: App, concurrency: int | None, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker that sends queued batches (extra arguments go to Celery)."""
-    app.runs  # noqa: B018 - start the embedded Redis and refuse one that evicts, before Celery starts
+    _wait_for_redis(app)  # start the embedded Redis and refuse one that evicts, before Celery starts
     argv = ["--loglevel", loglevel, *(["--concurrency", str(concurrency)] if concurrency else []), *celery_args]
     app.backend.run_worker(argv)
+
+
+def _wait_for_redis(app: App) -> None:
+    """A worker started while Redis restarts waits for it (as Celery does for its broker) instead of
+    exiting; a Redis that could evict keys is still refused at once."""
+    said = False
+    while True:
+        try:
+            app.runs  # noqa: B018
+            return
+        except ConfigError:
+            raise
+        except DispatchError as exc:
+            if not said:
+                click.echo(f"dispatch: {exc} Waiting for it (Ctrl-C to stop).", err=True)
+                said = True
+            time.sleep(1.0)
 
 
 @cli.command()
