@@ -202,11 +202,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=250, help="in flight per worker process")
     parser.add_argument("--naive-recipients", type=int, default=5000)
     parser.add_argument("--queue-recipients", type=int, default=1_000_000)
+    parser.add_argument("--appendfsync", choices=["always", "everysec"],
+                        help="override the embedded Redis's fsync policy (the cost of durable claims: "
+                             "`always` is the default, `everysec` makes claims losable in a crash)")
     args = parser.parse_args()
     sections = args.only or ["e2e", "naive", "rate", "queue"]
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="dispatch-bench-") as tmp:
         bench = Bench(Path(tmp))
+        if args.appendfsync:
+            bench.redis.config_set("appendfsync", args.appendfsync)
+        print(f"redis appendfsync: {bench.redis.config_get('appendfsync')['appendfsync']}")
         try:
             if "e2e" in sections:
                 section_e2e(bench, args.recipients or [10_000, 100_000], args.latency or [0, 200],
