@@ -257,8 +257,6 @@ class Model:
         wanted = {Status.FAILED} | ({Status.UNCERTAIN} if include_uncertain else set())
         if self.state == RunState.ABORTED:
             wanted.add(Status.ABORTED)
-        self.state = RunState.RUNNING
-        self.finished = False
         requeued = []
         for row in sorted(self.rows):
             rec = self.rows[row]
@@ -266,6 +264,9 @@ class Model:
                 rec[0], rec[2], rec[3], rec[5] = Status.PENDING, 0, "", ""
                 self.epoch[row] += 1
                 requeued.append(row)
+        if requeued and self.state not in SENDING_STATES:  # atomically with the rows: never completed+pending
+            self.state = RunState.RUNNING
+            self.finished = False
         return requeued
 
     def pop_due(self, now: int, limit: int, lease_until: int) -> list[int]:
@@ -463,7 +464,6 @@ class RunMachine(RuleBasedStateMachine):
     def finish(self, data, owner, rows, now):
         outcomes = []
         for row in rows:
-            rec = self.model.rows.get(row)
             status = data.draw(st.sampled_from(OUTCOMES), label=f"status of {row}")
             code = 0 if status == Status.SENT else data.draw(st.sampled_from([0, 103, 500]), label="code")
             due = data.draw(TIMES, label="due") if status == Status.RETRY_WAIT else 0
@@ -568,11 +568,13 @@ class RunMachine(RuleBasedStateMachine):
         queued = len(self.queue)
         expected = self.model.retry(include_uncertain)
         assert self.runs.retry(RUN, self.publish, include_uncertain=include_uncertain) == len(expected)
-        self.model.parked.clear()
-        self.model.transition((RunState.RUNNING,), RunState.RUNNING)
         published = [row for _, rows in self.queue[queued:] for row in rows]
         assert published[:len(expected)] == expected  # the requeued rows, then whatever was parked
-        assert sorted(published[len(expected):]) == sorted(parked)
+        if expected:
+            self.model.parked.clear()
+            assert sorted(published[len(expected):]) == sorted(parked)
+        else:
+            assert published == []
 
     # -- invariants -------------------------------------------------------------------------------------
     @invariant()

@@ -259,7 +259,8 @@ class Runs:
         return self.scripts(Ops(run_id, channel).finalize(time.time(), [int(r) for r in rows]))
 
     def retry(self, run_id: str, publish: Publisher, include_uncertain: bool = False) -> int:
-        """Send `failed` rows again (and `uncertain` ones if asked, and `aborted` ones of an aborted run)."""
+        """Send `failed` rows again (and `uncertain` ones if asked, and `aborted` ones of an aborted run).
+        The run goes back to `running` atomically with its first requeued rows."""
         meta = self.meta(run_id)
         if not is_recorded(meta):
             raise UsageError(f"Run {run_id} is still being recorded; retry it once its recording is done.")
@@ -267,17 +268,15 @@ class Runs:
         if meta.get("state") == RunState.ABORTED:
             wanted.append(Status.ABORTED)
         ops = Ops(run_id, meta["channel"])
-        self.redis.hset(keys.run(run_id), mapping={"state": RunState.RUNNING, "reason": ""})
-        self.redis.hdel(keys.run(run_id), "finished_at")
         self.redis.sadd(keys.ACTIVE, run_id)
         requeued = 0
         for first, last in _spans(int(meta.get("total") or 0), SWEEP_CHUNK):
-            rows = self.scripts(ops.requeue(wanted, first, last))
+            rows = self.scripts(ops.requeue(wanted, first, last, time.time()))
             for batch in _chunks(rows, self.batch_size):
                 publish(run_id, batch)
             requeued += len(rows)
-        self.republish_parked(run_id, publish)  # rows set aside while paused: nobody else queues them now
-        self._transition(run_id, meta["channel"], [RunState.RUNNING], RunState.RUNNING)  # completes if nothing
+        if requeued:
+            self.republish_parked(run_id, publish)  # a paused run retried runs again: its parked rows too
         return requeued
 
     def _transition(self, run_id: str, channel: str | None, from_states: list[RunState],

@@ -16,7 +16,8 @@ Transitions (statuses in worker.statuses):
     pending | retry_wait --claim while paused-->  (parked, unchanged)
     pending | retry_wait --claim or finalize while stopped--> aborted | cancelled
     in_flight   --claim by another delivery of the same task (redelivery)--> uncertain
-    in_flight   --claim by the same delivery (a claim retried after a lost answer)--> in_flight (handed out again, unsent)
+    in_flight   --claim by the same delivery (a claim retried after a lost answer)--> in_flight
+                 (handed out again: it was never sent)
     in_flight   --finish by its owner--> sent | blacklisted | invalid | failed | aborted | uncertain | retry_wait
     uncertain   --finish by its owner--> the outcome that arrived late (a certain answer wins; a late
                  retry_wait in a run already completed or stopped ends failed, aborted or cancelled)
@@ -24,7 +25,7 @@ Transitions (statuses in worker.statuses):
                  (or parked when paused, or aborted/cancelled when stopped)
     pending     --defer-->    pending, queued in `due` for a given time (batch deadline, 429 hold)
     in_flight   --reconcile, its owner's lease gone--> uncertain
-    failed | uncertain | aborted --requeue (operator)--> pending
+    failed | uncertain | aborted --requeue (operator)--> pending, and the run `running` in the same step
 
 A run completes (state `completed`) only once its recording is closed (`recorded` = 1) and no row is
 pending, in_flight or retry_wait. Every open row is, at every moment, in a queued or running batch, in
@@ -326,7 +327,8 @@ maybe_complete(now)
 return out
 """
 
-# ARGV: comma-separated statuses, first row, last row → rows put back to pending
+# ARGV: comma-separated statuses, first row, last row, now → rows put back to pending. The run goes
+# back to `running` in the same step (never `completed` with pending rows, whatever finishes meanwhile).
 REQUEUE = r"""
 local wanted = {}
 for s in string.gmatch(ARGV[1], '[^,]+') do wanted[s] = true end
@@ -342,6 +344,11 @@ for row = tonumber(ARGV[2]), tonumber(ARGV[3]) do
     out[#out + 1] = row
   end
 end
+if #out > 0 and not is_sending(redis.call('HGET', K_RUN, 'state')) then
+  redis.call('HSET', K_RUN, 'state', 'running', 'reason', '')
+  redis.call('HDEL', K_RUN, 'finished_at')
+end
+if #out > 0 then touch(ARGV[4]) end
 return out
 """
 
@@ -521,8 +528,8 @@ class Ops:
     def reconcile(self, now: float, first: int, last: int) -> Call:
         return self._call("reconcile", [now, first, last], _rows)
 
-    def requeue(self, statuses: list[str], first: int, last: int) -> Call:
-        return self._call("requeue", [",".join(statuses), first, last], _rows)
+    def requeue(self, statuses: list[str], first: int, last: int, now: float) -> Call:
+        return self._call("requeue", [",".join(statuses), first, last, now], _rows)
 
     def pop_due(self, now: float, limit: int, lease_until: float) -> Call:
         return self._call("pop_due", [now, limit, lease_until], _rows)

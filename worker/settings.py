@@ -27,7 +27,7 @@ class Settings:
     account_rate: float | None = None  # default sends/s across all workers when a run sets none
     request_timeout: float = 30.0  # read timeout for one API call
     connect_timeout: float = 5.0
-    visibility_timeout: int = 120  # seconds before an unacknowledged batch is redelivered (batches stop claiming after a third)
+    visibility_timeout: int = 120  # seconds before an unacknowledged batch is redelivered (see claim_window)
     max_deliveries: int = 3  # a batch whose deliveries died unfinished more often than this is poison
     stall_timeout: float = 300.0  # seconds without progress before sweepers re-queue a run's open rows
     min_replicas: int = 0  # replicas that must hold a claim before its send (WAIT / WAITAOF)
