@@ -20,8 +20,8 @@ the sandbox (a condition, never a fixed sleep; deadlines everywhere):
     worker_kill   SIGKILL a worker's whole process group, start a new worker
     child_kill    SIGKILL one pool child of a worker (Celery respawns it)
     redis_kill    SIGKILL redis-server, wait a moment, restart it (same port, same dir, AOF always)
-    lost_message  LREM one of the run's batch messages from the broker list `dispatch` (hunted from the
-                  moment the run is submitted until 3 s later; "skipped" when every message was taken)
+    lost_message  one of the run's batch messages never reaches the broker (dropped at publish, as a
+                  broker restart or an acked failure would lose it; the stall healer must find its rows)
     pause         pause the run, resume it a moment later
     cancel        cancel the run
     retry         `Runs.retry` at a random moment, or once the run is done
@@ -64,7 +64,6 @@ policy (3 attempts, 0.05-0.3 s), DISPATCH_BATCH_SIZE 40, DISPATCH_CONCURRENCY 4.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import dataclasses
 import json
@@ -87,7 +86,6 @@ from typing import Any, Callable
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUE = "dispatch"  # Celery's queue: a Redis list of that name on the broker
 DIRECTORY = "dir_12345"
 CLAIM_CHUNK = 100  # rows a batch claims at once at most (worker.engine.CLAIM_CHUNK)
 FINAL_STATES = ("completed", "cancelled", "aborted")
@@ -218,7 +216,7 @@ def draw_schedule(seed: int, config: Config = Config()) -> Schedule:
 
 
 def _draw_fault(kind: str, rng: random.Random) -> Fault:
-    if kind == "lost_message":  # hunted from the moment the run is submitted (see Driver.run)
+    if kind == "lost_message":  # dropped when the run is submitted (see Driver._submit)
         return Fault(kind, 0.0)
     if kind == "retry":
         return Fault(kind, None if rng.random() < 0.5 else round(rng.uniform(0.3, 0.9), 2))
@@ -659,14 +657,9 @@ class Driver:
             self.runs = self.retrying(self._connect)
             # a batch message sits in the broker list only until a worker takes it: hunt for one while
             # the run is being submitted, on a thread of its own
-            hunt = [f for f in plan.schedule.faults if f.kind == "lost_message"]
-            hunter = threading.Thread(target=self._hunt, args=(len(hunt),), daemon=True)
-            if hunt:
-                hunter.start()
-            self._submit()
+            lost = sum(1 for f in plan.schedule.faults if f.kind == "lost_message")
+            self._submit(lost)
             self.submitted = time.monotonic()
-            if hunt:
-                hunter.join()
             timed = sorted((f for f in plan.schedule.faults if f.at is not None and f.kind != "lost_message"),
                            key=lambda f: f.at)
             valid = len(plan.valid_rows)
@@ -703,14 +696,28 @@ class Driver:
             res.error = f"{type(exc).__name__}: {exc}"
         return res
 
-    def _submit(self) -> None:
-        from tasks import submit
+    def _submit(self, lose: int) -> None:
+        """Submit the run as `tasks.submit` does; the first `lose` batch messages never reach the broker
+        (as if lost in a broker restart, or with a task that failed and was acked)."""
+        from tasks.batches import create_run_from_records, publish_batch
+        from tasks.runtime import producer_runs
 
         plan = self.plan
         self.cluster.log.register(plan)
-        self.retrying(lambda: submit(recipients=plan.records(), channel=plan.channel, directory=DIRECTORY,
-                                     body="chaos", subject="chaos", region="GB", run_id=plan.run_id,
-                                     rate=plan.schedule.rate), timeout=60)
+        dropped = [0]
+
+        def lossy(run_id: str, rows: list[int]) -> None:
+            if dropped[0] < lose:
+                dropped[0] += 1
+                self.result.injected.append(("lost_message", time.time(), f"batch of {len(rows)} rows lost"))
+                return
+            publish_batch(run_id, rows)
+
+        self.retrying(lambda: create_run_from_records(
+            producer_runs(), plan.records(), channel=plan.channel, directory=DIRECTORY, body="chaos",
+            subject="chaos", region="GB", run_id=plan.run_id, rate=plan.schedule.rate, publish=lossy),
+            timeout=60)
+        self.result.skipped.extend(["lost_message"] * (lose - dropped[0]))
 
     def fire(self, fault: Fault) -> None:
         from tasks import publish_batch
@@ -745,25 +752,6 @@ class Driver:
         else:
             res.skipped.append(kind)
 
-    def _hunt(self, count: int) -> None:
-        """LREM `count` of this run's batch messages from the broker list (they vanish with their rows):
-        from submission until 3 s after it."""
-        client = redis.Redis.from_url(self.cluster.redis.url, socket_timeout=5)
-        lost = 0
-        try:
-            while lost < count and not self.cluster.stop_event.is_set():
-                if self.submitted and time.monotonic() > self.submitted + 3.0:
-                    break
-                with contextlib.suppress(*_transient()):
-                    for raw in client.lrange(QUEUE, 0, -1):
-                        if lost < count and _message_run(raw) == self.plan.run_id and client.lrem(QUEUE, 1, raw):
-                            lost += 1
-                            self.result.injected.append(("lost_message", time.time(), "batch message removed"))
-                time.sleep(0.002)
-        finally:
-            client.close()
-            self.result.skipped.extend(["lost_message"] * (count - lost))
-
     def _suppress_late(self, count: int) -> str:
         """Suppress a few not-yet-delivered plain recipients; rows still unclaimed right after the SADD
         must never be delivered."""
@@ -779,19 +767,6 @@ class Driver:
         strict = {r.address for r in chosen if report.get(r.row) in ("pending", "retry_wait")}
         self.result.suppressions.append((now, strict))
         return f"{len(chosen)} suppressed, {len(strict)} unclaimed"
-
-
-def _message_run(raw: bytes) -> str:
-    """The run ID of a kombu message on the `dispatch` list ('' if it is not a send_batch)."""
-    try:
-        message = json.loads(raw)
-        headers = message.get("headers") or {}
-        if headers.get("task") != "dispatch.send_batch":
-            return ""
-        args = json.loads(base64.b64decode(message["body"]))[0]
-        return str(args[0])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return ""
 
 
 # ==================================================================================================

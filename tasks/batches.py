@@ -66,12 +66,12 @@ def submit_task(self, *, recipients: list[dict], channel: str, directory: str, b
 def create_run_from_records(runs, recipients, *, channel: str, directory: str, body: str = "",
                             subject: str = "", region: str | None = None, run_id: str | None = None,
                             rate: float = 0.0, source: str = "python", sandbox: bool = False,
-                            api_url: str = "") -> str:
+                            api_url: str = "", publish=publish_batch) -> str:
     spec = RunSpec(channel=channel, directory=directory, subject=subject or "", body=body or "",
                    region=region or "", rate=float(rate or 0), source=source, sandbox=sandbox, api_url=api_url)
     verdicts = validate_records(recipients, IngestOptions(channel=channel, region=region))
     expected = len(recipients) if hasattr(recipients, "__len__") else None
-    return runs.create(spec, verdicts, publish_batch, run_id=run_id, expected_rows=expected)
+    return runs.create(spec, verdicts, publish, run_id=run_id, expected_rows=expected)
 
 
 @signals.worker_process_init.connect
