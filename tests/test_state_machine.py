@@ -47,6 +47,7 @@ from worker.runs import Runs, RunSpec, record
 from worker.scripts import Finished, Ops, Record, Scripts
 from worker.statuses import NOT_FINAL, SENDING_STATES, STOPPED_STATES, RunState, Status
 
+STATUS, ATTEMPTS, CODE, MESSAGE, RECIPIENT, OWNER, DUE = range(7)  # model record fields
 RUN = "run_sm"
 CHANNEL = "sms"
 SPEC = RunSpec(channel=CHANNEL, directory="dir_1")
@@ -101,7 +102,7 @@ class Model:
         return self.state in SENDING_STATES
 
     def open_rows(self) -> int:
-        return sum(1 for rec in self.rows.values() if rec[0] in NOT_FINAL)
+        return sum(1 for rec in self.rows.values() if rec[STATUS] in NOT_FINAL)
 
     def maybe_complete(self) -> None:
         if not self.recorded or self.open_rows():
@@ -114,8 +115,8 @@ class Model:
 
     def end_stopped(self, row: int) -> None:
         rec = self.rows[row]
-        rec[0] = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
-        rec[5] = ""
+        rec[STATUS] = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
+        rec[OWNER] = ""
         self.due.pop(row, None)
         self.parked.discard(row)
 
@@ -157,20 +158,20 @@ class Model:
             rec = self.rows.get(row)
             if rec is None:
                 continue
-            ready = rec[0] == Status.PENDING or (rec[0] == Status.RETRY_WAIT and rec[6] <= now)
-            if rec[0] == Status.IN_FLIGHT and rec[5] == owner:
+            ready = rec[STATUS] == Status.PENDING or (rec[STATUS] == Status.RETRY_WAIT and rec[DUE] <= now)
+            if rec[STATUS] == Status.IN_FLIGHT and rec[OWNER] == owner:
                 out.append(row)
-            elif rec[0] == Status.IN_FLIGHT and task_of(rec[5]) == task_of(owner):
-                rec[0], rec[2], rec[3] = Status.UNCERTAIN, 0, REDELIVERED
-            elif ready and self.sending and rec[4] in self.suppressed:
-                rec[0], rec[2], rec[3], rec[5] = Status.SUPPRESSED, 0, SUPPRESSED_LATE, ""
+            elif rec[STATUS] == Status.IN_FLIGHT and task_of(rec[OWNER]) == task_of(owner):
+                rec[STATUS], rec[CODE], rec[MESSAGE] = Status.UNCERTAIN, 0, REDELIVERED
+            elif ready and self.sending and rec[RECIPIENT] in self.suppressed:
+                rec[STATUS], rec[CODE], rec[MESSAGE], rec[OWNER] = Status.SUPPRESSED, 0, SUPPRESSED_LATE, ""
                 self.due.pop(row, None)
             elif ready and self.sending:
-                rec[0], rec[1], rec[5] = Status.IN_FLIGHT, rec[1] + 1, owner
+                rec[STATUS], rec[ATTEMPTS], rec[OWNER] = Status.IN_FLIGHT, rec[ATTEMPTS] + 1, owner
                 self.due.pop(row, None)
                 self.parked.discard(row)
                 out.append(row)
-            elif rec[0] in (Status.PENDING, Status.RETRY_WAIT) and not self.sending:
+            elif rec[STATUS] in (Status.PENDING, Status.RETRY_WAIT) and not self.sending:
                 self.set_aside(row)
         self.maybe_complete()
         return out
@@ -179,24 +180,24 @@ class Model:
         applied = 0
         for o in outcomes:
             rec = self.rows.get(o.row)
-            if rec and rec[5] == owner and rec[0] in (Status.IN_FLIGHT, Status.UNCERTAIN):
+            if rec and rec[OWNER] == owner and rec[STATUS] in (Status.IN_FLIGHT, Status.UNCERTAIN):
                 o = self.late_retry_ends(rec, o)
-                rec[0], rec[2], rec[3], rec[6] = o.status, o.code, o.message, o.due
+                rec[STATUS], rec[CODE], rec[MESSAGE], rec[DUE] = o.status, o.code, o.message, o.due
                 if o.status == Status.RETRY_WAIT:
-                    rec[5] = ""
+                    rec[OWNER] = ""
                     self.due[o.row] = o.due
                     self.epoch[o.row] += 1
                 elif o.status != Status.UNCERTAIN:
-                    rec[5] = ""
+                    rec[OWNER] = ""
                 if o.status == Status.BLACKLISTED:
-                    self.suppressed.add(rec[4])
+                    self.suppressed.add(rec[RECIPIENT])
                 applied += 1
         self.maybe_complete()
         return applied
 
     def late_retry_ends(self, rec: list, o: Finished) -> Finished:
         """A late retry_wait for an uncertain row of a run already completed or stopped ends the row."""
-        if o.status != Status.RETRY_WAIT or rec[0] != Status.UNCERTAIN:
+        if o.status != Status.RETRY_WAIT or rec[STATUS] != Status.UNCERTAIN:
             return o
         if self.state == RunState.COMPLETED:
             return Finished(o.row, str(Status.FAILED), o.code, o.message, o.due)
@@ -209,8 +210,8 @@ class Model:
         released = 0
         for row in rows:
             rec = self.rows.get(row)
-            if rec and rec[0] == Status.IN_FLIGHT and rec[5] == owner:
-                rec[0], rec[1], rec[5] = Status.PENDING, max(0, rec[1] - 1), ""
+            if rec and rec[STATUS] == Status.IN_FLIGHT and rec[OWNER] == owner:
+                rec[STATUS], rec[ATTEMPTS], rec[OWNER] = Status.PENDING, max(0, rec[ATTEMPTS] - 1), ""
                 self.epoch[row] += 1
                 self.queue_again(row, when)
                 released += 1
@@ -221,10 +222,10 @@ class Model:
         deferred = 0
         for row in rows:
             rec = self.rows.get(row)
-            if rec and rec[0] == Status.PENDING:
+            if rec and rec[STATUS] == Status.PENDING:
                 self.queue_again(row, when)
                 deferred += 1
-            elif rec and rec[0] == Status.RETRY_WAIT and not self.sending:
+            elif rec and rec[STATUS] == Status.RETRY_WAIT and not self.sending:
                 self.set_aside(row)
         self.maybe_complete()
         return deferred
@@ -240,7 +241,7 @@ class Model:
             return 0
         ended = 0
         for row, rec in self.rows.items():
-            if rec[0] in (Status.PENDING, Status.RETRY_WAIT):
+            if rec[STATUS] in (Status.PENDING, Status.RETRY_WAIT):
                 self.end_stopped(row)
                 ended += 1
         self.maybe_complete()
@@ -260,8 +261,8 @@ class Model:
         requeued = []
         for row in sorted(self.rows):
             rec = self.rows[row]
-            if rec[0] in wanted:
-                rec[0], rec[2], rec[3], rec[5] = Status.PENDING, 0, "", ""
+            if rec[STATUS] in wanted:
+                rec[STATUS], rec[CODE], rec[MESSAGE], rec[OWNER] = Status.PENDING, 0, "", ""
                 self.epoch[row] += 1
                 requeued.append(row)
         if requeued and self.state not in SENDING_STATES:  # atomically with the rows: never completed+pending
@@ -280,17 +281,17 @@ class Model:
         out = []
         for row in sorted(self.rows):
             rec = self.rows[row]
-            if rec[0] == Status.IN_FLIGHT:
-                lease = self.leases.get(rec[5])
+            if rec[STATUS] == Status.IN_FLIGHT:
+                lease = self.leases.get(rec[OWNER])
                 if lease is None or lease < now:
-                    rec[0], rec[2], rec[3] = Status.UNCERTAIN, 0, OWNER_GONE
-            elif rec[0] == Status.PENDING:
+                    rec[STATUS], rec[CODE], rec[MESSAGE] = Status.UNCERTAIN, 0, OWNER_GONE
+            elif rec[STATUS] == Status.PENDING:
                 if self.sending:
                     out.append(row)
                 else:
                     self.set_aside(row)
-            elif rec[0] == Status.RETRY_WAIT:
-                self.due.setdefault(row, rec[6])
+            elif rec[STATUS] == Status.RETRY_WAIT:
+                self.due.setdefault(row, rec[DUE])
                 if not self.sending:
                     self.set_aside(row)
         self.maybe_complete()
@@ -388,15 +389,15 @@ class RunMachine(RuleBasedStateMachine):
         for c in answer.claimed:
             assert c.recipient == recipient(c.row)
             was = before[c.row]
-            if was[0] == Status.IN_FLIGHT and was[5] == owner:  # the same delivery asked again
-                assert self.handed[c.row] == (self.model.epoch[c.row], owner) and c.attempts == was[1]
+            if was[STATUS] == Status.IN_FLIGHT and was[OWNER] == owner:  # the same delivery asked again
+                assert self.handed[c.row] == (self.model.epoch[c.row], owner) and c.attempts == was[ATTEMPTS]
             else:
-                assert was[0] in (Status.PENDING, Status.RETRY_WAIT), f"row {c.row} handed out from {was[0]}"
+                assert was[STATUS] in (Status.PENDING, Status.RETRY_WAIT), f"row {c.row} handed out from {was[STATUS]}"
                 assert self.handed.get(c.row, (None,))[0] != self.model.epoch[c.row], f"row {c.row} twice"
                 self.handed[c.row] = (self.model.epoch[c.row], owner)
         assert handed == self.model.claim(owner, now, rows)
         for c in answer.claimed:
-            assert c.attempts == self.model.rows[c.row][1]
+            assert c.attempts == self.model.rows[c.row][ATTEMPTS]
         return handed
 
     def lease(self, owner, now):
@@ -426,8 +427,8 @@ class RunMachine(RuleBasedStateMachine):
         rows, delivered = self.deliveries[task]
         self.deliveries[task] = (rows, delivered + 1)
         owner = f"{task}:{delivered + 1}"
-        held = {row for row, rec in self.model.rows.items() if rec[0] == Status.IN_FLIGHT
-                and task_of(rec[5]) == task}
+        held = {row for row, rec in self.model.rows.items() if rec[STATUS] == Status.IN_FLIGHT
+                and task_of(rec[OWNER]) == task}
         self.lease(owner, now)
         handed = self.claim(owner, rows, now)
         assert not held & set(handed), "a redelivered batch got rows in flight again"
@@ -472,10 +473,10 @@ class RunMachine(RuleBasedStateMachine):
         assert applied == self.model.finish(owner, outcomes)
 
     def owners_with(self, *statuses) -> list[str]:
-        return sorted({rec[5] for rec in self.model.rows.values() if rec[0] in statuses and rec[5]})
+        return sorted({rec[OWNER] for rec in self.model.rows.values() if rec[STATUS] in statuses and rec[OWNER]})
 
     def rows_of(self, owner, *statuses) -> list[int]:
-        return [row for row, rec in self.model.rows.items() if rec[5] == owner and rec[0] in statuses]
+        return [row for row, rec in self.model.rows.items() if rec[OWNER] == owner and rec[STATUS] in statuses]
 
     @rule(data=st.data(), rows=row_subsets(), now=TIMES, wait=st.integers(0, 8))
     def release(self, data, rows, now, wait):
