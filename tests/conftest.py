@@ -51,7 +51,10 @@ def dispatch_env(redis_url: str, tmp_path: Path, fast_policy: Path) -> dict[str,
     """Environment for `dispatch` commands and workers in this test."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COUPONTOOLS_", "DISPATCH_"))}
     env.update({"REDIS_URL": redis_url, "DISPATCH_HOME": str(tmp_path / "home"),
-                "DISPATCH_POLICY": str(fast_policy), "PYTHONPATH": str(ROOT)})
+                "DISPATCH_POLICY": str(fast_policy), "PYTHONPATH": str(ROOT),
+                # kombu's Redis transport can lose a message that a SIGKILLed worker had just popped
+                # (BRPOP, then the unacked copy): the stall healer recovers it, here within seconds
+                "DISPATCH_STALL_TIMEOUT": "15"})
     return env
 
 

@@ -96,7 +96,7 @@ def record(status: str, recipient: str, *, attempts: int = 0, code: int = 0, mes
 class Runs:
     """Run bookkeeping over one Redis connection."""
 
-    def __init__(self, client: redis.Redis, *, batch_size: int = 2000, stall_timeout: float = 300.0) -> None:
+    def __init__(self, client: redis.Redis, *, batch_size: int = 2000, stall_timeout: float = 180.0) -> None:
         self.redis = client
         self.batch_size = batch_size
         self.stall_timeout = stall_timeout

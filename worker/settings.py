@@ -29,7 +29,7 @@ class Settings:
     connect_timeout: float = 5.0
     visibility_timeout: int = 120  # seconds before an unacknowledged batch is redelivered (see claim_window)
     max_deliveries: int = 3  # a batch whose deliveries died unfinished more often than this is poison
-    stall_timeout: float = 300.0  # seconds without progress before sweepers re-queue a run's open rows
+    stall_timeout: float = 180.0  # seconds without progress (and no live batch) before a run is healed
     min_replicas: int = 0  # replicas that must hold a claim before its send (WAIT / WAITAOF)
     max_file_bytes: int = 2 * 1024**3
     max_rows: int = 5_000_000
