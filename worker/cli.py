@@ -368,6 +368,8 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         if summary["counts"].get(status):
             click.echo(f"  {status:<12} {summary['counts'][status]:>8}")
     click.echo(f"  {'total':<12} {summary['total']:>8}")
+    if summary.get("note"):
+        click.echo(f"  note: {summary['note']}")
 
 
 # -- status, report, runs -------------------------------------------------------------------------
