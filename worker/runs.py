@@ -192,9 +192,14 @@ class Runs:
         return {status: int(n) for status, n in raw.items() if int(n) > 0}
 
     def status(self, run_id: str) -> dict:
-        """The run's summary: state, reason, counts by status, whether every row is final."""
-        meta = self.meta(run_id)
-        counts = self.counts(run_id)
+        """The run's summary: state, reason, counts by status, whether every row is final. State and
+        counts are read in one transaction: a snapshot, never a state from before the last outcome
+        beside counts from after it."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            meta, raw_counts = pipe.hgetall(keys.run(run_id)).hgetall(keys.counts(run_id)).execute()
+        if not meta:
+            raise UnknownRunError(run_id)
+        counts = {status: int(n) for status, n in raw_counts.items() if int(n) > 0}
         open_rows = sum(counts.get(s, 0) for s in NOT_FINAL)
         final_rows = sum(counts.get(s, 0) for s in FINAL)
         return {
