@@ -8,6 +8,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 
 import redis
 import structlog
@@ -235,9 +236,11 @@ class Runs:
     def republish_parked(self, run_id: str, publish: Publisher) -> int:
         """Queue the rows set aside while paused; publish first, forget after (duplicates are safe)."""
         moved = 0
-        while rows := [int(r) for r in self.redis.srandmember(keys.parked(run_id), self.batch_size)]:
-            publish(run_id, sorted(rows))
-            self.redis.srem(keys.parked(run_id), *rows)
+        key = keys.parked(run_id)
+        while rows := sorted(int(r) for r in islice(self.redis.sscan_iter(key, count=self.batch_size),
+                                                    self.batch_size)):
+            publish(run_id, rows)  # in scan order, not at random: the same set gives the same batches
+            self.redis.srem(key, *rows)
             moved += len(rows)
         return moved
 
