@@ -5,8 +5,6 @@ sandbox and a real Redis, and checks the ground truth in the sandbox's request l
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.conftest import run_dispatch, wait_until
@@ -181,8 +179,11 @@ class TestRedisOutage:
                 wait_for_worker(server.url)
                 run_id = send(env, csv, url)["run"]
                 wait_until(lambda: sent_count(log) >= 40)
+                before = sent_count(log)
                 server.kill()
-                time.sleep(1.0)  # any length below the write patience (visibility timeout / 6) works
+                # answers to requests already on the wire arrive while Redis is down (the sandbox logs
+                # each just before it answers): their outcomes must wait for Redis, not be lost
+                wait_until(lambda: sent_count(log) > before, timeout=30)
                 server.start()
                 status = wait_done(server.url, run_id, timeout=120)
         assert status["counts"] == {"sent": 300}
