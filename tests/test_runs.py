@@ -18,7 +18,8 @@ from worker import runs as runs_module
 from worker.errors import UsageError
 from worker.ingest import Verdict
 from worker.runs import SWEEP_CHUNK, Runs, RunSpec
-from worker.scripts import Call, Finished, Ops, Record
+from worker.outcomes import Outcome
+from worker.scripts import Call, Ops, Record
 from worker.statuses import RunState, Status
 
 CHANNEL = "sms"
@@ -120,7 +121,7 @@ def claim(store: Runs, run_id: str, owner: str, now: float, rows: list[int]) -> 
 
 
 def finish(store: Runs, run_id: str, owner: str, now: float, *outcomes: tuple[int, str, float]) -> int:
-    done = [Finished(row, status, 0, f"{status} in the test", due) for row, status, due in outcomes]
+    done = [Outcome(row, status, 0, f"{status} in the test", due) for row, status, due in outcomes]
     return store.scripts(ops(store, run_id).finish(owner, now, done))
 
 

@@ -44,7 +44,8 @@ from worker import keys
 from worker.errors import UsageError
 from worker.ingest import Verdict
 from worker.runs import Runs, RunSpec, record
-from worker.scripts import Finished, Ops, Record, Scripts
+from worker.outcomes import Outcome
+from worker.scripts import Ops, Record, Scripts
 from worker.statuses import NOT_FINAL, SENDING_STATES, STOPPED_STATES, RunState, Status
 
 STATUS, ATTEMPTS, CODE, MESSAGE, RECIPIENT, OWNER, DUE = range(7)  # model record fields
@@ -176,7 +177,7 @@ class Model:
         self.maybe_complete()
         return out
 
-    def finish(self, owner: str, outcomes: list[Finished]) -> int:
+    def finish(self, owner: str, outcomes: list[Outcome]) -> int:
         applied = 0
         for o in outcomes:
             rec = self.rows.get(o.row)
@@ -195,15 +196,15 @@ class Model:
         self.maybe_complete()
         return applied
 
-    def late_retry_ends(self, rec: list, o: Finished) -> Finished:
+    def late_retry_ends(self, rec: list, o: Outcome) -> Outcome:
         """A late retry_wait for an uncertain row of a run already completed or stopped ends the row."""
         if o.status != Status.RETRY_WAIT or rec[STATUS] != Status.UNCERTAIN:
             return o
         if self.state == RunState.COMPLETED:
-            return Finished(o.row, str(Status.FAILED), o.code, o.message, o.due)
+            return Outcome(o.row, str(Status.FAILED), o.code, o.message, o.due)
         if self.state in STOPPED_STATES:
             ended = Status.CANCELLED if self.state == RunState.CANCELLED else Status.ABORTED
-            return Finished(o.row, str(ended), o.code, o.message, o.due)
+            return Outcome(o.row, str(ended), o.code, o.message, o.due)
         return o
 
     def release(self, owner: str, when: int, rows: list[int]) -> int:
@@ -468,7 +469,7 @@ class RunMachine(RuleBasedStateMachine):
             status = data.draw(st.sampled_from(OUTCOMES), label=f"status of {row}")
             code = 0 if status == Status.SENT else data.draw(st.sampled_from([0, 103, 500]), label="code")
             due = data.draw(TIMES, label="due") if status == Status.RETRY_WAIT else 0
-            outcomes.append(Finished(row, str(status), code, f"{status} from {owner}", due))
+            outcomes.append(Outcome(row, str(status), code, f"{status} from {owner}", due))
         applied = self.scripts(self.ops.finish(owner, now, outcomes))
         assert applied == self.model.finish(owner, outcomes)
 

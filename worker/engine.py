@@ -37,7 +37,7 @@ from worker.logs import mask
 from worker.outcomes import Outcome, after_error, sent
 from worker.policy import Policy, policy_from_json
 from worker.runs import RunSpec
-from worker.scripts import AsyncScripts, Call, ClaimAnswer, Claimed, Finished, Ops
+from worker.scripts import AsyncScripts, Call, ClaimAnswer, Claimed, Ops
 from worker.settings import SANDBOX_CREDENTIALS, Settings
 from worker.statuses import SENDING_STATES, RunState, Status
 
@@ -372,8 +372,7 @@ class _Batch:
                 return
             batch = self.outcomes[:FLUSH_SIZE]
             crash_point("before_outcome_write")
-            finished = [Finished(o.row, o.status, o.code, o.message, o.due) for o in batch]
-            await self._patiently(lambda: self.scripts(self.ops.finish(self.owner, time.time(), finished)))
+            await self._patiently(lambda: self.scripts(self.ops.finish(self.owner, time.time(), batch)))
             del self.outcomes[:len(batch)]
 
     async def _flush_continuously(self) -> None:

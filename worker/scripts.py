@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from worker import keys
+from worker.outcomes import Outcome
 
 # Row record field positions (Lua arrays start at 1: R_STATUS is rec[1]).
 RECORD_FIELDS = ("status", "attempts", "code", "message", "recipient", "owner", "due")
@@ -445,17 +446,6 @@ class ClaimAnswer:
     claimed: list[Claimed]
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """One outcome to write: `finish` takes a list of these."""
-
-    row: int
-    status: str
-    code: int = 0
-    message: str = ""
-    due: float = 0.0
-
-
 class Call(NamedTuple):
     """One script call, packed: which script, its keys and arguments, and how to read its answer."""
 
@@ -507,7 +497,7 @@ class Ops:
     def claim(self, owner: str, now: float, rows: list[int]) -> Call:
         return self._call("claim", [owner, now, *rows], _claim_answer)
 
-    def finish(self, owner: str, now: float, outcomes: list[Finished]) -> Call:
+    def finish(self, owner: str, now: float, outcomes: list[Outcome]) -> Call:
         args: list = [owner, now]
         for o in outcomes:
             args += [o.row, o.status, o.code, o.message, o.due]
