@@ -314,7 +314,7 @@ class _LocalWorker:
 
     def __exit__(self, *_: object) -> None:
         if self.process is not None:
-            _stop_process_group(self.process)
+            _stop_local_worker(self.process)
 
     def start_if_nobody_consumes(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -345,7 +345,7 @@ def _worker_alive(app: App) -> bool:
     return bool(newest) and time.time() - newest[0][1] < WORKER_SEEN_WITHIN
 
 
-def _stop_process_group(process: subprocess.Popen) -> None:
+def _stop_local_worker(process: subprocess.Popen) -> None:
     """Warm shutdown (SIGTERM to the main process: batches in hand finish, so nothing ends uncertain);
     the whole group is killed only if that takes longer than a batch can live."""
     with contextlib.suppress(ProcessLookupError):

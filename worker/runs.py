@@ -137,8 +137,8 @@ class Runs:
         created = self.redis.hsetnx(keys.run(run_id), "state", RunState.QUEUING)
         meta = {} if created else self.redis.hgetall(keys.run(run_id))
         if meta.get("abandoned"):
-            raise UsageError(f"Run {run_id} stopped waiting for its recipients ({meta['abandoned']}) and went "
-                             "on with those it had; submit the rest as a new run.")
+            raise UsageError(f"Run {run_id} stopped waiting for its recipients ({meta['abandoned']}); "
+                             "submit the rest as a new run.")
         if not created and is_recorded(meta):
             return False
         self.redis.hset(keys.run(run_id), "recorded", "0")
@@ -209,7 +209,7 @@ class Runs:
             "total": int(meta.get("total", sum(counts.values()))), "counts": counts, "final": final_rows,
             "done": open_rows == 0 and is_recorded(meta),
             "created_at": float(meta.get("created_at", 0)), "finished_at": float(meta.get("finished_at", 0)),
-            **({"note": meta["note"]} if meta.get("note") else {}),
+            **({"note": meta["abandoned"]} if meta.get("abandoned") else {}),
         }
 
     def iter_report(self, run_id: str) -> Iterator[ReportRow]:
@@ -344,7 +344,7 @@ class Runs:
         counts = self.counts(run_id)
         if is_recorded(meta) and not (counts.get(Status.PENDING) or counts.get(Status.IN_FLIGHT)):
             return 0  # only retry_wait rows: they sit in `due`
-        if touched <= float(meta.get("reconciled_at") or 0) and now < float(meta.get("heal_after") or 0):
+        if now < self._heal_after(meta, touched):
             return 0  # healed recently and nothing progressed since: back off
         if not self.redis.set(keys.reconciling(run_id), now, nx=True, px=HEAL_LOCK_MS):
             return 0  # another sweeper is at it
@@ -352,26 +352,29 @@ class Runs:
             if not is_recorded(meta):
                 self._close_abandoned_recording(run_id, ops, now)
             queued = self._reconcile(run_id, ops, now, publish)
-            self._note_heal(run_id, meta, touched, now)
+            rounds = self._heal_rounds(meta, touched)
+            self.redis.hset(keys.run(run_id), mapping={"reconciled_at": now, "reconciles": rounds + 1})
         finally:
             self.redis.delete(keys.reconciling(run_id))
         log.warning("stalled run healed", run_id=run_id, queued_again=queued)
         return queued
 
-    def _note_heal(self, run_id: str, meta: dict[str, str], touched: float, now: float) -> None:
-        """Heals back off exponentially (a long queue backlog is not re-queued every stall timeout);
-        progress since the last heal starts the count again."""
-        round_ = int(meta.get("reconciles") or 0) if float(meta.get("reconciled_at") or 0) >= touched else 0
-        backoff = self.stall_timeout * 2 ** min(round_, 6)
-        self.redis.hset(keys.run(run_id), mapping={"reconciled_at": now, "reconciles": round_ + 1,
-                                                   "heal_after": now + backoff})
+    def _heal_rounds(self, meta: dict[str, str], touched: float) -> int:
+        """Heals since the run last made progress (progress starts the count again)."""
+        return int(meta.get("reconciles") or 0) if float(meta.get("reconciled_at") or 0) >= touched else 0
+
+    def _heal_after(self, meta: dict[str, str], touched: float) -> float:
+        """When the run may be healed again: heals back off exponentially while nothing progresses, so
+        a long queue backlog is not queued again every stall timeout."""
+        rounds = self._heal_rounds(meta, touched)
+        if not rounds:
+            return 0.0
+        return float(meta["reconciled_at"]) + self.stall_timeout * 2 ** min(rounds - 1, 6)
 
     def _close_abandoned_recording(self, run_id: str, ops: Ops, now: float) -> None:
         recorded = self.redis.hlen(keys.rows(run_id))
-        self.redis.hset(keys.run(run_id), mapping={
-            "note": f"recording stopped after {recorded} rows: nothing arrived for {self.stall_timeout:.0f}s "
-                    "(the producer went away)",
-            "abandoned": f"nothing arrived for {self.stall_timeout:.0f}s after row {recorded}"})
+        self.redis.hset(keys.run(run_id), "abandoned", f"recording stopped after {recorded} rows: nothing "
+                                                       f"arrived for {self.stall_timeout:.0f}s")
         self.scripts(ops.close_recording(now, recorded))
 
     def _reconcile(self, run_id: str, ops: Ops, now: float, publish: Publisher) -> int:
