@@ -85,9 +85,11 @@ from typing import Any, Callable
 
 import redis
 
+from worker.engine import CLAIM_CHUNK
+from worker.redis_server import redis_server_binary, server_config
+
 ROOT = Path(__file__).resolve().parent.parent
 DIRECTORY = "dir_12345"
-CLAIM_CHUNK = 100  # rows a batch claims at once at most (worker.engine.CLAIM_CHUNK)
 FINAL_STATES = ("completed", "cancelled", "aborted")
 UNTRUSTED_RESULTS = frozenset({"drop", "garbage", "http_500", "http_502", "http_504"})
 DELIVERED = frozenset({"ok", "drop"})
@@ -308,18 +310,13 @@ class RedisProcess:
         self.directory, self.port = directory, port
         self.process: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "redis.conf").write_text("\n".join([
-            "bind 127.0.0.1", f"port {port}", "protected-mode yes", "daemonize no",
-            f'dir "{directory}"', f'logfile "{directory}/redis.log"', "appendonly yes",
-            "appendfsync always", 'save ""', "maxmemory-policy noeviction", "tcp-keepalive 60", ""]))
+        (directory / "redis.conf").write_text(server_config(directory, port, daemonize=False))
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 20.0) -> None:
-        from worker.redis_server import redis_server_binary
-
         self.process = subprocess.Popen([redis_server_binary(), str(self.directory / "redis.conf")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)

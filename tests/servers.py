@@ -11,7 +11,7 @@ from pathlib import Path
 import redis
 
 from tests.conftest import wait_until
-from worker.redis_server import redis_server_binary
+from worker.redis_server import redis_server_binary, server_config
 
 
 def free_port() -> int:
@@ -38,11 +38,9 @@ class LocalRedis:
         return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
 
     def start(self) -> LocalRedis:
-        lines = [f"port {self.port}", "bind 127.0.0.1", f'dir "{self.directory}"', "appendonly yes",
-                 "appendfsync always", 'save ""', "maxmemory-policy noeviction", "daemonize no"]
-        if self.replica_of is not None:
-            lines.append(f"replicaof 127.0.0.1 {self.replica_of.port}")
-        (self.directory / "redis.conf").write_text("\n".join(lines) + "\n")
+        extra = (f"replicaof 127.0.0.1 {self.replica_of.port}",) if self.replica_of is not None else ()
+        (self.directory / "redis.conf").write_text(server_config(self.directory, self.port, daemonize=False,
+                                                                 extra=extra))
         self.process = subprocess.Popen([redis_server_binary(), str(self.directory / "redis.conf")],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._answers, timeout=20)

@@ -90,7 +90,7 @@ class EmbeddedRedis:
     def _start(self) -> int:
         port = _free_port()
         conf = self.directory / "redis.conf"
-        conf.write_text(_config(self.directory, port))
+        conf.write_text(server_config(self.directory, port))
         subprocess.run([redis_server_binary(), str(conf)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
@@ -104,12 +104,14 @@ class EmbeddedRedis:
         return port
 
 
-def _config(directory: Path, port: int) -> str:
+def server_config(directory: Path, port: int, *, daemonize: bool = True, extra: tuple[str, ...] = ()) -> str:
+    """The project's redis.conf: loopback, AOF fsynced on every write, never evicting. The embedded
+    server daemonizes; tests and benchmarks that kill and restart a server of their own do not."""
     return "\n".join([
-        "bind 127.0.0.1", f"port {port}", "protected-mode yes", "daemonize yes",
+        "bind 127.0.0.1", f"port {port}", "protected-mode yes", f"daemonize {'yes' if daemonize else 'no'}",
         f'dir "{directory}"', f'pidfile "{directory}/redis.pid"', f'logfile "{directory}/redis.log"',
         "appendonly yes", "appendfsync always", 'save ""', "maxmemory-policy noeviction",
-        "tcp-keepalive 60", "",
+        "tcp-keepalive 60", *extra, "",
     ])
 
 
