@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from tests.conftest import wait_until
+from tests.conftest import run_dispatch, wait_until
 from worker import keys
 from worker.redis_server import connect
 from worker.runs import Runs
@@ -70,3 +70,12 @@ def run_state(store: Runs, run_id: str) -> dict:
 
 def parse_json_out(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
+
+
+def send_sms_run(env: dict[str, str], csv: Path, url: str, *extra: str) -> dict:
+    """`dispatch send CSV --channel sms … --json` as a user runs it: the printed JSON (run ID, or the
+    summary with --wait); exit 0 or 3 (aborted), never anything else."""
+    result = run_dispatch(env, "send", str(csv), "--channel", "sms", "--directory", "dir_12345",
+                          "--region", "GB", "--api-url", url, "--json", *extra)
+    assert result.returncode in (0, 3), result.stderr
+    return parse_json_out(result.stdout)

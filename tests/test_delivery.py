@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_dispatch, wait_until
-from tests.helpers import (SANDBOX_CREDS, deliveries, parse_json_out, phone, report, runs, wait_done,
+from tests.conftest import ROOT, wait_until
+from tests.helpers import (SANDBOX_CREDS, send_sms_run as send, deliveries, phone, report, runs, wait_done,
                            wait_for_worker, write_phones)
 from worker.sandbox import running_sandbox
 from worker.statuses import FINAL
 
 SCENARIO = ROOT / "samples" / "scenario.json"
-
-
-def send(env: dict, csv: Path, url: str, *extra: str) -> dict:
-    result = run_dispatch(env, "send", str(csv), "--channel", "sms", "--directory", "dir_12345",
-                          "--region", "GB", "--api-url", url, "--json", *extra)
-    assert result.returncode in (0, 3), result.stderr
-    return parse_json_out(result.stdout)
 
 
 class TestSampleCampaign:

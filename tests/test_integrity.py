@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_dispatch, wait_until
-from tests.helpers import (SANDBOX_CREDS, deliveries, parse_json_out, phone, report, runs, wait_done,
+from tests.helpers import (SANDBOX_CREDS, send_sms_run as send, deliveries, phone, report, runs, wait_done,
                            wait_for_worker, write_phones)
 from tests.servers import LocalRedis
 from worker import keys
@@ -16,13 +16,6 @@ from worker.ingest import IngestOptions, Verdict, validate_records
 from worker.runs import RunSpec
 from worker.sandbox import read_request_log, running_sandbox
 from worker.statuses import Status
-
-
-def send(env: dict, csv, url: str, *extra: str) -> dict:
-    result = run_dispatch(env, "send", str(csv), "--channel", "sms", "--directory", "dir_12345",
-                          "--api-url", url, "--json", *extra)
-    assert result.returncode in (0, 3), result.stderr
-    return parse_json_out(result.stdout)
 
 
 def sent_count(log) -> int:
