@@ -336,16 +336,16 @@ class Runs:
         were lost (a broker restart, a task that failed and was acked) or its producer died while
         recording. Close the recording, queue the open rows again, end rows whose owner is gone."""
         touched = float(meta.get("touched_at") or meta.get("created_at") or 0)
-        if now - touched < self.stall_timeout:
-            return 0
-        self.redis.zremrangebyscore(keys.leases(run_id), "-inf", now)
-        if self.redis.zcard(keys.leases(run_id)):
+        if now - touched < self.stall_timeout or now < self._heal_after(meta, touched):
+            return 0  # progressing, or healed recently and nothing progressed since: back off
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(keys.leases(run_id), "-inf", now)
+            _, live, open_rows = pipe.zcard(keys.leases(run_id)).hmget(
+                keys.counts(run_id), Status.PENDING, Status.IN_FLIGHT).execute()
+        if live:
             return 0  # a batch is working on the run (maybe waiting out a 429 hold)
-        counts = self.counts(run_id)
-        if is_recorded(meta) and not (counts.get(Status.PENDING) or counts.get(Status.IN_FLIGHT)):
+        if is_recorded(meta) and not any(int(n or 0) for n in open_rows):
             return 0  # only retry_wait rows: they sit in `due`
-        if now < self._heal_after(meta, touched):
-            return 0  # healed recently and nothing progressed since: back off
         if not self.redis.set(keys.reconciling(run_id), now, nx=True, px=HEAL_LOCK_MS):
             return 0  # another sweeper is at it
         try:
