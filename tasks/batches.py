@@ -1,12 +1,11 @@
 """The Celery tasks: thin shells that take IDs and plain JSON and call worker/ functions."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
-
-import os
-import signal
 
 import redis
 import structlog
