@@ -41,9 +41,6 @@ from typing import Any, NamedTuple
 from worker import keys
 from worker.outcomes import Outcome
 
-# Row record field positions (Lua arrays start at 1: R_STATUS is rec[1]).
-RECORD_FIELDS = ("status", "attempts", "code", "message", "recipient", "owner", "due")
-
 PRELUDE = r"""
 local K_RUN, K_ROWS, K_COUNTS, K_DUE, K_PARKED, K_HOLD, K_SUPPRESSED, K_LEASES =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
@@ -413,7 +410,7 @@ BUCKET_SCRIPTS = {"take_tokens": TAKE_TOKENS, "slow_down": SLOW_DOWN}
 
 # -- the row record --------------------------------------------------------------------------------
 class Record(NamedTuple):
-    """One row as stored (a compact JSON array; field names in RECORD_FIELDS)."""
+    """One row as stored: a compact JSON array in this field order (the Lua's R_STATUS … R_DUE)."""
 
     status: str
     attempts: int = 0
