@@ -697,7 +697,6 @@ class Driver:
         """Submit the run as `tasks.submit` does; the first `lose` batch messages never reach the broker
         (as if lost in a broker restart, or with a task that failed and was acked)."""
         from tasks.batches import create_run_from_records, publish_batch
-        from tasks.runtime import producer_runs
 
         plan = self.plan
         self.cluster.log.register(plan)
@@ -711,7 +710,7 @@ class Driver:
             publish_batch(run_id, rows)
 
         self.retrying(lambda: create_run_from_records(
-            producer_runs(), plan.records(), channel=plan.channel, directory=DIRECTORY, body="chaos",
+            plan.records(), channel=plan.channel, directory=DIRECTORY, body="chaos",
             subject="chaos", region="GB", run_id=plan.run_id, rate=plan.schedule.rate, publish=lossy),
             timeout=60)
         self.result.skipped.extend(["lost_message"] * (lose - dropped[0]))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from tasks.app import app
 from tasks.batches import create_run_from_records, publish_batch, send_batch, submit_task
-from tasks.runtime import producer_runs
 
 __all__ = ["app", "submit", "send_batch", "submit_task", "publish_batch"]
 
@@ -15,5 +14,5 @@ def submit(*, recipients, channel: str, directory: str, body: str = "", subject:
     A `run_id` chosen by the caller makes this idempotent: submitting it twice creates one run.
     Workers (`dispatch worker`) do the sending.
     """
-    return create_run_from_records(producer_runs(), recipients, channel=channel, directory=directory,
+    return create_run_from_records(recipients, channel=channel, directory=directory,
                                    body=body, subject=subject, region=region, run_id=run_id, rate=rate)

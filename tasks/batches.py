@@ -12,11 +12,10 @@ import structlog
 from celery import signals
 
 from tasks.app import app
-from tasks.runtime import runtime
-from worker import keys
-from worker.ingest import IngestOptions, validate_records
+from tasks.runtime import producer_dispatch, runtime
+from worker import keys, webhooks
+from worker.campaigns import Campaign
 from worker.logs import configure
-from worker.runs import RunSpec
 
 SWEEP_EVERY = 0.5  # seconds between looks for due retries and stopped runs
 log = structlog.get_logger("dispatch.tasks")
@@ -56,21 +55,19 @@ def submit_task(self, *, recipients: list[dict], channel: str, directory: str, b
 
     Without a `run_id` the run is named after the message's task ID, so a redelivered message (the
     worker died while recording) continues the same run instead of creating a second one."""
-    rt = runtime()
-    return create_run_from_records(rt.runs, recipients, channel=channel, directory=directory, body=body,
+    return create_run_from_records(recipients, channel=channel, directory=directory, body=body,
                                    subject=subject, region=region, run_id=run_id or f"run_{self.request.id}",
                                    rate=rate, source="celery")
 
 
-def create_run_from_records(runs, recipients, *, channel: str, directory: str, body: str = "",
-                            subject: str = "", region: str | None = None, run_id: str | None = None,
-                            rate: float = 0.0, source: str = "python", sandbox: bool = False,
-                            api_url: str = "", publish=publish_batch) -> str:
-    spec = RunSpec(channel=channel, directory=directory, subject=subject or "", body=body or "",
-                   region=region or "", rate=float(rate or 0), source=source, sandbox=sandbox, api_url=api_url)
-    verdicts = validate_records(recipients, IngestOptions(channel=channel, region=region))
-    expected = len(recipients) if hasattr(recipients, "__len__") else None
-    return runs.create(spec, verdicts, publish, run_id=run_id, expected_rows=expected)
+def create_run_from_records(recipients, *, channel: str, directory: str, body: str = "", subject: str = "",
+                            region: str | None = None, run_id: str | None = None, rate: float = 0.0,
+                            source: str = "python", publish=publish_batch) -> str:
+    """`submit()` and the `dispatch.submit` task: the application layer's start_from_records."""
+    campaign = Campaign(channel=channel, directory=directory, body=body or "", subject=subject or "",
+                        region=region, rate=float(rate) if rate else None)
+    dispatch = producer_dispatch().publishing_with(publish)
+    return dispatch.start_from_records(campaign, recipients, run_id=run_id, source=source)
 
 
 @signals.worker_process_init.connect
@@ -129,6 +126,7 @@ def _sweep_forever(hostname: str) -> None:
         try:
             _heartbeat(runs.redis, hostname)
             runs.sweep(publish_batch)
+            webhooks.deliver_in_background(runs.redis, runtime().settings)  # one ZRANGEBYSCORE when idle
         except Exception:  # keep sweeping through a Redis restart
             log.exception("sweep failed")
         time.sleep(SWEEP_EVERY)

@@ -5,6 +5,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+from worker.campaigns import Dispatch
 from worker.engine import Sender
 from worker.policy import Policy, load_policy
 from worker.redis_server import connect, resolve_redis_url
@@ -28,16 +29,21 @@ class Runtime:
 
 
 _runtime: Runtime | None = None
-_producer: tuple[int, Runs] | None = None
+_producer: tuple[int, Dispatch] | None = None
 
 
-def producer_runs() -> Runs:
-    """The run store alone, for producers (`submit`): no event loop, no HTTP client."""
+def producer_dispatch() -> Dispatch:
+    """The application layer alone, for producers (`submit`): no event loop, no HTTP client."""
     global _producer
     if _producer is None or _producer[0] != os.getpid():
-        settings = Settings.from_env()
-        _producer = (os.getpid(), _run_store(settings, resolve_redis_url(settings)))
+        _producer = (os.getpid(), Dispatch(Settings.from_env(), _publish))
     return _producer[1]
+
+
+def _publish(run_id: str, rows: list[int]) -> None:
+    from tasks.batches import publish_batch
+
+    publish_batch(run_id, rows)
 
 
 def _run_store(settings: Settings, url: str) -> Runs:

@@ -41,10 +41,25 @@ class TestAbort:
         env = {**dispatch_env, "COUPONTOOLS_CLIENT_ID": "wrong", "COUPONTOOLS_CLIENT_SECRET": "wrong"}
         csv = write_phones(tmp_path / "r.csv", 20)
         with running_sandbox(None) as url:
+            env["COUPONTOOLS_API_URL"] = url  # the operator aims their worker: its credentials may go there
             start_worker(env=env)
             result = send(env, csv, url, "--wait")
         assert result.returncode == 3
         assert "1000" in parse_json_out(result.stdout)["reason"]
+
+    def test_worker_keeps_its_secret_from_other_urls(self, dispatch_env, start_worker, redis_url, tmp_path):
+        """A run naming an API URL the worker is not configured for is aborted before any request: the
+        worker's real credentials never reach that URL."""
+        env = {**dispatch_env, "COUPONTOOLS_CLIENT_ID": "real-id", "COUPONTOOLS_CLIENT_SECRET": "real-secret"}
+        csv = write_phones(tmp_path / "r.csv", 5)
+        log = tmp_path / "requests.jsonl"
+        with running_sandbox(None, request_log=log) as url:
+            start_worker(env=env)  # configured for the default API URL, not this one
+            result = send(env, csv, url)
+            run_id = parse_json_out(result.stdout)["run"]
+            summary = wait_done(redis_url, run_id)
+        assert summary["state"] == "aborted" and "may not be sent" in summary["reason"]
+        assert not [line for line in read_request_log(log) if line["path"].startswith("/v3/send/")]
 
     def test_unknown_directory_is_refused_before_queueing(self, dispatch_env, redis_url, tmp_path):
         """`send` to a directory the API does not know exits 2 and records no run."""

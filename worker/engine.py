@@ -34,11 +34,12 @@ from worker.durability import Durability, detect_durability
 from worker.errors import CoupontoolsError
 from worker.faults import crash_point
 from worker.logs import mask
+from worker.metrics import Tally
 from worker.outcomes import Outcome, after_error, sent
 from worker.policy import Policy, policy_from_json
 from worker.runs import RunSpec
 from worker.scripts import AsyncScripts, Call, ClaimAnswer, Claimed, Ops
-from worker.settings import SANDBOX_CREDENTIALS, Settings
+from worker.settings import SANDBOX_CREDENTIALS, Settings, is_allowed_api_url
 from worker.statuses import SENDING_STATES, RunState, Status
 
 CLAIM_CHUNK = 100  # rows claimed per script call at most
@@ -72,10 +73,12 @@ class SharedRateLimiter:
         self.burst = max(1.0, rate / 50)  # any 1 s window sees at most rate + burst sends
         self.tokens = 0
         self.lock = asyncio.Lock()
+        self.on_wait: Callable[[], None] | None = None  # told each time a take() has to wait (metrics)
 
     async def take(self, want: int, deadline: float) -> int:
         """Between 1 and `want` tokens, waiting for the first; 0 if `deadline` (monotonic) comes first."""
         async with self.lock:
+            waited = False
             while self.tokens <= 0:
                 granted, wait = await self.scripts(Ops.take_tokens(self.key, self.rate, self.burst, self.burst))
                 self.tokens += granted
@@ -83,6 +86,9 @@ class SharedRateLimiter:
                     break
                 if time.monotonic() + wait > deadline:
                     return 0
+                if not waited and self.on_wait is not None:
+                    self.on_wait()
+                waited = True
                 await asyncio.sleep(max(wait, 0.001))
             given = min(want, self.tokens)
             self.tokens -= given
@@ -125,6 +131,11 @@ class Sender:
         try:
             if died_before >= self.settings.max_deliveries:
                 return await batch.end_as_poison(died_before)
+            if not batch.spec.sandbox and batch.spec.api_url and not is_allowed_api_url(self.settings,
+                                                                                      batch.spec.api_url):
+                return await batch.abort_run(f"the run names the API URL {batch.spec.api_url}, which this "
+                                             "worker's credentials may not be sent to (COUPONTOOLS_API_URL, "
+                                             "DISPATCH_ALLOWED_API_URLS)")
             credentials = self.credentials(batch.spec)
             if credentials is None:
                 return await batch.abort_run("this worker has no Coupontools credentials: set "
@@ -178,6 +189,9 @@ class _Batch:
         self.scripts = sender.scripts
         self.policy = sender.policy_for(spec)
         self.limiter = sender.limiter(run_id, spec)
+        self.tally = Tally()  # metrics of this batch, added to Redis with its outcome writes
+        if self.limiter is not None:
+            self.limiter.on_wait = self.tally.rate_wait
         self.client: CoupontoolsClient | None = None
         self.state = RunState.RUNNING
         self.hold_until = 0.0
@@ -214,6 +228,7 @@ class _Batch:
             self.closing = True  # never cancel the flusher: a write it has begun must finish
             self.has_outcomes.set()
             await flusher
+            await _quietly(self.tally.flush(self.sender.redis))
             await _quietly(self.sender.redis.zrem(keys.leases(self.run_id), self.owner))
         self.log.info("batch done", rows=len(self.rows), **self.result.tally)
         return self.result
@@ -330,10 +345,7 @@ class _Batch:
     # -- sending ----------------------------------------------------------------------------------
     async def _send_one(self, row: int, recipient: str, attempts: int) -> None:
         try:
-            if self.spec.channel == "sms":
-                await self.client.send_sms(self.spec.directory, recipient, self.spec.body or None)
-            else:
-                await self.client.send_email(self.spec.directory, recipient, self.spec.subject or None)
+            await self._call_api(recipient)
             crash_point("after_request")
             outcome = sent(row)
         except CoupontoolsError as error:
@@ -345,6 +357,16 @@ class _Batch:
             self.log.exception("unexpected error while sending", row=row)
             outcome = Outcome(row, Status.UNCERTAIN, 0, f"internal error: {type(error).__name__}")
         self._record(outcome)
+
+    async def _call_api(self, recipient: str) -> None:
+        started = time.perf_counter()
+        try:
+            if self.spec.channel == "sms":
+                await self.client.send_sms(self.spec.directory, recipient, self.spec.body or None)
+            else:
+                await self.client.send_email(self.spec.directory, recipient, self.spec.subject or None)
+        finally:
+            self.tally.api_call(self.spec.channel, time.perf_counter() - started)
 
     async def _after_error(self, row: int, recipient: str, error: CoupontoolsError, outcome: Outcome) -> None:
         self.log.info("send failed", row=row, recipient=mask(recipient), code=error.code,
@@ -362,6 +384,7 @@ class _Batch:
 
     def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
+        self.tally.send(self.spec.channel, outcome.status, outcome.code)
         self.result.tally[outcome.status] = self.result.tally.get(outcome.status, 0) + 1
         self.has_outcomes.set()
 
@@ -374,6 +397,7 @@ class _Batch:
             crash_point("before_outcome_write")
             await self._patiently(lambda: self.scripts(self.ops.finish(self.owner, time.time(), batch)))
             del self.outcomes[:len(batch)]
+            await _quietly(self.tally.flush(self.sender.redis))  # one pipelined call beside the outcomes
 
     async def _flush_continuously(self) -> None:
         """Group commit: write whatever outcomes arrived while the previous write was under way."""
@@ -452,6 +476,7 @@ class _Batch:
     async def _hold_run(self, seconds: float) -> None:
         """A 429 slows the whole run: every worker waits this long before its next claim."""
         self._note_hold(int(seconds * 1000))
+        self.tally.hold_429()
         await self.sender.redis.set(keys.hold(self.run_id), "429", px=max(1, int(seconds * 1000)))
 
     async def _stop_run(self, reason: str) -> None:

@@ -24,20 +24,39 @@ from worker.catalogue import ErrorClass, default_class
 
 
 class DispatchError(Exception):
-    """Base of every error raised on purpose; `exit_code` is what the CLI exits with."""
+    """Base of every error raised on purpose; `exit_code` is what the CLI exits with, `http_status`
+    what the HTTP API answers with."""
 
     exit_code = 1
+    http_status = 503
 
 
 class UsageError(DispatchError):
     exit_code = 2
+    http_status = 400
 
 
 class InputError(UsageError):
     """The recipient file (or list) cannot be used at all."""
 
+    http_status = 422
+
+
+class UnusableRequestError(UsageError):
+    """The request names something that cannot be used: an unknown directory, a forbidden API URL."""
+
+    http_status = 422
+
+
+class ConflictError(UsageError):
+    """The run's state does not allow it yet (still recording, still sending, forgotten)."""
+
+    http_status = 409
+
 
 class UnknownRunError(UsageError):
+    http_status = 404
+
     def __init__(self, run_id: str) -> None:
         super().__init__(f"No run with ID {run_id!r} is known to this Redis.")
         self.run_id = run_id

@@ -17,6 +17,15 @@
     dispatch:active                     SET    runs that may still have work for the sweepers
     dispatch:forgotten                  HASH   run ID → when it was forgotten (its ID is never reused)
     dispatch:workers                    ZSET   worker heartbeats (hostname → last seen)
+    dispatch:webhooks                   ZSET   webhook outbox: delivery ID → when to POST next (or lease end)
+    dispatch:webhook:ID                 HASH   one announcement: url, body, run, attempts, first_at, …
+    dispatch:webhooks:failed            ZSET   deliveries given up after 24 h → when (the last 1,000)
+    dispatch:metrics                    HASH   Prometheus counters of every worker (worker.metrics)
+    dispatch:upload:{ID}                HASH   a checked upload (draft run): summary JSON, channel, …; 24 h
+    dispatch:upload:{ID}:rows           LIST   its verdicts in row order (JSON arrays); 24 h
+
+The webhook and metrics keys are global, like dispatch:active: the announcement script spans a run
+and the outbox, so it needs one Redis (not a cluster).
 """
 from __future__ import annotations
 
@@ -25,6 +34,9 @@ RUNS = f"{PREFIX}:runs"
 WORKERS = f"{PREFIX}:workers"
 ACTIVE = f"{PREFIX}:active"
 FORGOTTEN = f"{PREFIX}:forgotten"
+WEBHOOKS = f"{PREFIX}:webhooks"
+WEBHOOKS_FAILED = f"{PREFIX}:webhooks:failed"
+METRICS = f"{PREFIX}:metrics"
 
 
 def run(run_id: str) -> str:
@@ -75,9 +87,23 @@ def script_keys(run_id: str, channel: str) -> list[str]:
             suppressed(channel), leases(run_id)]
 
 
+def webhook(delivery_id: str) -> str:
+    return f"{PREFIX}:webhook:{delivery_id}"
+
+
 def suppressed(channel: str) -> str:
     return f"{PREFIX}:suppressed:{channel}"
 
 
 def rate(scope: str) -> str:
     return f"{PREFIX}:rate:{{{scope}}}"
+
+
+def upload(upload_id: str) -> str:
+    """HASH: a checked upload's summary (JSON), channel, region, filename, rows; expires after a day."""
+    return f"{PREFIX}:upload:{{{upload_id}}}"
+
+
+def upload_rows(upload_id: str) -> str:
+    """LIST: the upload's verdicts in row order, one JSON array each (worker.uploads)."""
+    return f"{upload(upload_id)}:rows"

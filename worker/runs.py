@@ -14,10 +14,11 @@ import redis
 import structlog
 
 from worker import keys
-from worker.errors import UnknownRunError, UsageError
+from worker.errors import ConflictError, UnknownRunError, UsageError
 from worker.ingest import Verdict
 from worker.scripts import Ops, Record, Scripts
 from worker.statuses import FINAL, NOT_FINAL, STOPPED_STATES, RunState, Status
+from worker.webhooks import announce_finished
 
 Publisher = Callable[[str, list[int]], None]  # (run_id, rows) → a batch task is queued
 
@@ -28,6 +29,15 @@ SWEEP_CHUNK = 5000  # rows per finalize / requeue script call
 HEAL_LOCK_MS = 60_000  # a sweeper that dies while healing a run blocks other heals this long at most
 DUE_LEASE = 60.0  # seconds before a row queued from `due` but never claimed is queued again
 log = structlog.get_logger("dispatch.runs")
+# A finished run leaves the sweepers' set only if it is still finished (a retry may have reopened it
+# since the sweeper looked): KEYS run hash, active set; ARGV run ID.
+LEAVE_ACTIVE = """
+local state, finished = unpack(redis.call('HMGET', KEYS[1], 'state', 'finished_at'))
+if not state or state == 'completed' or ((state == 'aborted' or state == 'cancelled') and finished) then
+  return redis.call('SREM', KEYS[2], ARGV[1])
+end
+return 0
+"""
 RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 
 
@@ -45,6 +55,7 @@ class RunSpec:
     api_url: str = ""  # empty: the worker's configured API URL
     source: str = ""
     policy: str = ""  # JSON (worker.policy.policy_to_json); empty: each worker's own policy
+    webhook_url: str = ""  # announce the run's end here (worker.webhooks); empty: the worker's own
 
     def to_hash(self) -> dict[str, str]:
         return {k: str(int(v) if isinstance(v, bool) else v) for k, v in asdict(self).items()}
@@ -55,7 +66,8 @@ class RunSpec:
                    subject=data.get("subject", ""), body=data.get("body", ""),
                    region=data.get("region", ""), rate=float(data.get("rate") or 0),
                    sandbox=data.get("sandbox") == "1", api_url=data.get("api_url", ""),
-                   source=data.get("source", ""), policy=data.get("policy", ""))
+                   source=data.get("source", ""), policy=data.get("policy", ""),
+                   webhook_url=data.get("webhook_url", ""))
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class Runs:
         self.batch_size = batch_size
         self.stall_timeout = stall_timeout
         self.scripts = Scripts(client)
+        self._leave_active = client.register_script(LEAVE_ACTIVE)
 
     def ops(self, run_id: str, channel: str | None = None) -> Ops:
         return Ops(run_id, channel or self.meta(run_id)["channel"])
@@ -133,11 +146,11 @@ class Runs:
     def _open_run(self, run_id: str, spec: RunSpec) -> bool:
         """Create the run hash; False when the run exists and was fully recorded before."""
         if self.redis.hexists(keys.FORGOTTEN, run_id):
-            raise UsageError(f"Run {run_id} was forgotten; its ID is never used again (choose another).")
+            raise ConflictError(f"Run {run_id} was forgotten; its ID is never used again (choose another).")
         created = self.redis.hsetnx(keys.run(run_id), "state", RunState.QUEUING)
         meta = {} if created else self.redis.hgetall(keys.run(run_id))
         if meta.get("abandoned"):
-            raise UsageError(f"Run {run_id} stopped waiting for its recipients ({meta['abandoned']}); "
+            raise ConflictError(f"Run {run_id} stopped waiting for its recipients ({meta['abandoned']}); "
                              "submit the rest as a new run.")
         if not created and is_recorded(meta):
             return False
@@ -161,7 +174,7 @@ class Runs:
             if status == Status.PENDING:
                 to_send.append(verdict.row)
         if self.scripts(ops.put_rows(time.time(), rows)) < 0:
-            raise UsageError(f"Run {run_id} stopped waiting for its recipients (nothing arrived for "
+            raise ConflictError(f"Run {run_id} stopped waiting for its recipients (nothing arrived for "
                              f"{self.stall_timeout:.0f}s) and went on with those it had; submit the rest "
                              "as a new run.")
         return to_send
@@ -271,7 +284,7 @@ class Runs:
         The run goes back to `running` atomically with its first requeued rows."""
         meta = self.meta(run_id)
         if not is_recorded(meta):
-            raise UsageError(f"Run {run_id} is still being recorded; retry it once its recording is done.")
+            raise ConflictError(f"Run {run_id} is still being recorded; retry it once its recording is done.")
         wanted = [Status.FAILED] + ([Status.UNCERTAIN] if include_uncertain else [])
         if meta.get("state") == RunState.ABORTED:
             wanted.append(Status.ABORTED)
@@ -284,6 +297,7 @@ class Runs:
                 publish(run_id, batch)
             requeued += len(rows)
         if requeued:
+            self.redis.sadd(keys.ACTIVE, run_id)  # again: a sweeper may have retired it before the requeue
             self.republish_parked(run_id, publish)  # a paused run retried runs again: its parked rows too
         return requeued
 
@@ -295,7 +309,7 @@ class Runs:
         """Delete a finished run's data (export its report first); a run still sending is refused.
         A tombstone keeps the ID: submitting it again is refused rather than sending everyone again."""
         if not self.status(run_id)["done"]:
-            raise UsageError(f"Run {run_id} still has recipients to send; cancel it first, then forget it.")
+            raise ConflictError(f"Run {run_id} still has recipients to send; cancel it first, then forget it.")
         self.redis.hset(keys.FORGOTTEN, run_id, time.time())
         self.redis.delete(*keys.run_keys(run_id))
         self.redis.zrem(keys.RUNS, run_id)
@@ -316,7 +330,9 @@ class Runs:
         meta = self.redis.hgetall(keys.run(run_id))
         state = meta.get("state")
         if not meta or state == RunState.COMPLETED or (state in STOPPED_STATES and meta.get("finished_at")):
-            self.redis.srem(keys.ACTIVE, run_id)
+            if meta:
+                announce_finished(self.redis, run_id, meta)  # once per finish, before the run leaves
+            self._leave_active(keys=[keys.run(run_id), keys.ACTIVE], args=[run_id])
             return 0
         ops = Ops(run_id, meta["channel"])
         queued = 0

@@ -34,6 +34,11 @@ class Settings:
     max_file_bytes: int = 2 * 1024**3
     max_rows: int = 5_000_000
     json_logs: bool = False
+    webhook_url: str | None = field(default=None, repr=False)  # announce finished runs (worker.webhooks)
+    webhook_secret: str | None = field(default=None, repr=False)  # signs the announcements
+    allowed_api_urls: tuple[str, ...] = ()  # more URLs the workers' credentials may go to (besides api_url)
+    api_token: str | None = field(default=None, repr=False)  # `serve`'s token; None: generated under home
+    metrics_public: bool = False  # /metrics without the token (a scraper inside a private network)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -46,6 +51,12 @@ class Settings:
             "client_id": env.get("COUPONTOOLS_CLIENT_ID") or None,
             "client_secret": env.get("COUPONTOOLS_CLIENT_SECRET") or None,
             "policy_file": Path(env["DISPATCH_POLICY"]) if env.get("DISPATCH_POLICY") else None,
+            "webhook_url": env.get("DISPATCH_WEBHOOK_URL") or None,
+            "webhook_secret": env.get("DISPATCH_WEBHOOK_SECRET") or None,
+            "allowed_api_urls": tuple(u.strip().rstrip("/") for u in env.get("DISPATCH_ALLOWED_API_URLS", "")
+                                      .split(",") if u.strip()),
+            "api_token": env.get("DISPATCH_API_TOKEN") or None,
+            "metrics_public": env.get("DISPATCH_METRICS_PUBLIC", "") in ("1", "true", "yes"),
         }
         for name, kind in _NUMERIC.items():
             raw = env.get(f"DISPATCH_{name.upper()}")
@@ -64,6 +75,15 @@ class Settings:
         """Seconds one request may take in all: at most a third of the visibility timeout, so a batch
         (claims, then its last answers, then its writes) always ends well before redelivery."""
         return min(self.request_timeout + self.connect_timeout, self.visibility_timeout / 3)
+
+
+def is_allowed_api_url(settings: Settings, url: str) -> bool:
+    """Whether the workers' credentials may be sent to `url`: the configured API URL or one of
+    DISPATCH_ALLOWED_API_URLS (compared without a trailing slash), or anywhere when the credentials
+    are the sandbox's public ones (nothing secret to give away)."""
+    wanted = url.rstrip("/")
+    return (wanted == settings.api_url.rstrip("/") or wanted in settings.allowed_api_urls
+            or (settings.client_id, settings.client_secret) == SANDBOX_CREDENTIALS)
 
 
 _NUMERIC = {
