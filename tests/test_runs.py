@@ -759,3 +759,18 @@ class TestForget:
         with pytest.raises(UsageError):
             store.forget("run_1")
         assert not client.hexists(keys.FORGOTTEN, "run_1") and store.counts("run_1") == {"pending": 1}
+
+
+def test_a_finished_run_reopened_by_retry_stays_with_the_sweepers(redis_url):
+    """The sweeper retires a finished run only if it is still finished when it does: a retry that
+    reopened it between the sweeper's look and its SREM keeps it in the active set."""
+    store = Runs(redis.Redis.from_url(redis_url, decode_responses=True))
+    store.redis.hset(keys.run("r1"), mapping={"state": RunState.RUNNING, "channel": "sms"})
+    store.redis.sadd(keys.ACTIVE, "r1")
+    assert store._leave_active(keys=[keys.run("r1"), keys.ACTIVE], args=["r1"]) == 0
+    assert store.redis.sismember(keys.ACTIVE, "r1")
+    store.redis.hset(keys.run("r1"), "state", RunState.COMPLETED)
+    assert store._leave_active(keys=[keys.run("r1"), keys.ACTIVE], args=["r1"]) == 1
+    store.redis.hset(keys.run("r1"), "state", RunState.CANCELLED)
+    store.redis.sadd(keys.ACTIVE, "r1")
+    assert store._leave_active(keys=[keys.run("r1"), keys.ACTIVE], args=["r1"]) == 0  # not yet finalized
