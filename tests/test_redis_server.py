@@ -44,3 +44,20 @@ class TestNoEviction:
                 connect(redis_url)
         finally:
             client.config_set("maxmemory-policy", "noeviction")
+
+
+def test_embedded_redis_needs_its_generated_password(tmp_path):
+    """Loopback is not enough: the embedded server wants a password kept in an owner-only file."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.url()
+    try:
+        password_file = tmp_path / "redis" / "redis.password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "redis" / "redis.conf").stat().st_mode & 0o777 == 0o600
+        assert password_file.read_text() in url
+        port = int((tmp_path / "redis" / "redis.port").read_text())
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        assert redis.Redis.from_url(url).ping()
+    finally:
+        server.stop()

