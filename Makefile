@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DISPATCH_HOME ?= $(CURDIR)/.dispatch
 
-.PHONY: demo test install bench clean stop-redis
+.PHONY: demo serve test install bench clean stop-redis
 
 $(BIN)/dispatch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,11 @@ demo: install
 	  column -s, -t < $(DISPATCH_HOME)/reports/$$run.csv 2>/dev/null || cat $(DISPATCH_HOME)/reports/$$run.csv; \
 	  echo "Report: $(DISPATCH_HOME)/reports/$$run.csv"
 
+serve: install
+	$(BIN)/dispatch serve --sandbox --sandbox-scenario samples/scenario.json
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: install
 	$(BIN)/python bench/throughput.py
