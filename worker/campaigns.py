@@ -18,7 +18,7 @@ from worker.errors import APIError, CoupontoolsError, UnusableRequestError, Usag
 from worker.ingest import IngestOptions, Verdict, open_recipient_file, validate_records
 from worker.policy import load_policy, policy_to_json
 from worker.redis_server import connect, resolve_redis_url
-from worker.reports import ReportRow, iter_report
+from worker.reports import MAX_SCAN, Page, ReportRow, iter_report, page
 from worker.runs import Publisher, Runs, RunSpec, is_recorded
 from worker.settings import SANDBOX_CREDENTIALS, Settings, is_allowed_api_url
 from worker.statuses import RunState
@@ -201,6 +201,11 @@ class Dispatch:
 
     def report(self, run_id: str, status: str | None = None) -> Iterator[ReportRow]:
         return iter_report(self.runs, run_id, status=status)
+
+    def recipients(self, run_id: str, *, start: int = 1, limit: int = 50, status: str | None = None,
+                   query: str = "", max_scan: int = MAX_SCAN) -> Page:
+        """One page of the recipients table (worker.reports.page)."""
+        return page(self.runs, run_id, start=start, limit=limit, status=status, query=query, max_scan=max_scan)
 
     # -- control ----------------------------------------------------------------------------
     def pause(self, run_id: str) -> bool:

@@ -56,7 +56,8 @@ def sandboxed(service_env: dict[str, str], tmp_path_factory) -> Iterator[Served]
     redis.Redis.from_url(service_env["REDIS_URL"]).flushall()
     scenario = tmp_path_factory.mktemp("scenario") / "scenario.json"
     scenario.write_text(json.dumps(SCENARIO))
-    served = start_service(service_env, "--sandbox", "--sandbox-scenario", str(scenario))
+    env = {k: v for k, v in service_env.items() if k != "DISPATCH_API_TOKEN"}  # generated and printed
+    served = start_service(env, "--sandbox", "--sandbox-scenario", str(scenario))
     worker = WorkerProcess({**service_env, "COUPONTOOLS_CLIENT_ID": "sandbox",
                             "COUPONTOOLS_CLIENT_SECRET": "sandbox"})
     yield served
@@ -87,10 +88,11 @@ def page(browser: Browser, sandboxed: Served) -> Iterator[Page]:
 
 
 def login_url(served: Served) -> str:
-    """The printed URL (with the token added when DISPATCH_API_TOKEN kept it out of the output)."""
+    """The login URL exactly as `dispatch serve` printed it (its token generated on first start)."""
     line = next(line for line in served.output if "ready" in line)
     url = re.search(r"https?://\S+", line).group(0)
-    return url if "token=" in url else f"{url}?token={TOKEN}"
+    assert "token=" in url, line
+    return url
 
 
 def recipients_csv(folder: Path, name: str, rows: list[tuple[str, str]]) -> Path:
@@ -185,3 +187,19 @@ def test_pause_and_resume_from_the_page(page: Page, tmp_path: Path) -> None:
     expect(page.locator("#progress-text")).to_contain_text("100%", timeout=WAIT_MS)
     expect(page.locator("#state")).to_have_text("completed")
     expect(sent).to_have_text("24")
+
+
+def test_runs_list_follows_an_open_run_without_reloading(page: Page, tmp_path: Path) -> None:
+    people = [(f"Listed {i}", f"+44791122{i:04d}") for i in range(1, 13)]
+    upload(page, recipients_csv(tmp_path, "listed.csv", people))
+    page.get_by_label("Directory or coupon ID").fill("dir_12345")
+    page.get_by_label(re.compile("^Rate")).fill("4")
+    page.get_by_role("button", name="Send to 12 recipients").click()
+    run_id = page.locator("h1").inner_text().split()[0]
+    page.goto("/")
+    row = page.locator("table.runs tbody tr", has=page.locator(f'a[href="/runs/{run_id}"]'))
+    expect(row.locator(".badge")).to_have_text(re.compile("queuing|running"))
+    page.evaluate("window.__notReloaded = true")
+    expect(row.locator(".badge")).to_have_text("completed", timeout=WAIT_MS)
+    expect(row.locator("progress")).to_have_attribute("value", "100")
+    assert page.evaluate("window.__notReloaded === true"), "the runs list reloaded the page"

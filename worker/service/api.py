@@ -216,11 +216,10 @@ def _batched(pieces, size: int = 64 * 1024):
 def run_recipients(request: Request, run: str) -> JSONResponse:
     """One page of the recipients table: `rows`, where the `next` page starts (or null), `total`."""
     run = run_param(run)
-    found = reports.page(service(request).dispatch.runs, run,
-                         start=int_param(request, "start", 1, 1, 10**9),
-                         limit=int_param(request, "limit", 50, 1, PAGE_LIMIT),
-                         status=request.query_params.get("status"),
-                         query=request.query_params.get("q", "")[:200])
+    found = service(request).dispatch.recipients(run, start=int_param(request, "start", 1, 1, 10**9),
+                                                 limit=int_param(request, "limit", 50, 1, PAGE_LIMIT),
+                                                 status=request.query_params.get("status"),
+                                                 query=request.query_params.get("q", "")[:200])
     return JSONResponse({"rows": [reports.row_dict(r) for r in found.rows], "next": found.next_row,
                          "total": found.total})
 

@@ -221,8 +221,8 @@ async def run_render(request: Request, run_id: str, status: str = "", q: str = "
 def run_context(svc: Service, run_id: str, status: str, q: str, start: int) -> dict:
     summary = svc.dispatch.status(run_id)
     try:
-        table = reports.page(svc.dispatch.runs, run_id, start=start, limit=PAGE_ROWS, status=status, query=q,
-                             max_scan=PAGE_SCAN)
+        table = svc.dispatch.recipients(run_id, start=start, limit=PAGE_ROWS, status=status, query=q,
+                                        max_scan=PAGE_SCAN)
         table_error = ""
     except UsageError as exc:
         table, table_error, status = reports.Page([], 1, None, summary["total"]), str(exc), ""

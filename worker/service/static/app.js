@@ -1,5 +1,6 @@
-// Two small enhancements; every page works without them: the check page's live message preview and
-// the run page's live progress (server-sent events), which refreshes the table when the run changes state.
+// Small enhancements; every page works without them: the check page's live message preview, the run
+// page's live progress (server-sent events, the table refreshed when the run changes state), and the
+// runs list refreshed every 2 s while a run in it is open.
 "use strict";
 (() => {
   const $ = (selector, root = document) => root.querySelector(selector);
@@ -68,5 +69,17 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", () => { livePreview(); liveRun(); });
+  function liveRuns() {
+    const tick = async () => {
+      if (!$("#runs[data-live]")) return;
+      const response = await fetch(location.pathname, { headers: { Accept: "text/html" } });
+      const fresh = response.ok && new DOMParser().parseFromString(await response.text(), "text/html");
+      const part = fresh && fresh.getElementById("runs");
+      if (part) $("#runs").replaceWith(part);
+      setTimeout(tick, 2000);
+    };
+    setTimeout(tick, 2000);
+  }
+
+  document.addEventListener("DOMContentLoaded", () => { livePreview(); liveRun(); liveRuns(); });
 })();
