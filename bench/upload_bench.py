@@ -132,7 +132,7 @@ def service_env(home: Path, token: str) -> dict[str, str]:
 def running_service(home: Path, token: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """`dispatch serve` on a free port; stopped (and its embedded Redis shut down) on the way out."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "tasks", "serve", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "tasks", "serve", "--port", str(port), "--no-local-worker"],
                                env=service_env(home, token), cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     output: list[str] = []
@@ -201,6 +201,30 @@ def upload_summary(client: httpx.Client, path: Path) -> dict:
     return answer.json()
 
 
+class HealthProbe:
+    """GET /healthz twice a second from another thread: how the service answers while it works."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.took = url, []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._probe, daemon=True)
+
+    def _probe(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self.stop.wait(0.5):
+                start = time.perf_counter()
+                client.get("/healthz")
+                self.took.append((time.perf_counter() - start) * 1000)
+
+    def __enter__(self) -> HealthProbe:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def time_page(client: httpx.Client, path: str, times: int = 5) -> list[float]:
     """Milliseconds of `times` GETs of `path`."""
     took = []
@@ -231,14 +255,23 @@ def bench(rows: int) -> None:
         with running_service(work / "home", token) as (url, process):
             headers = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=url, headers=headers, timeout=1800) as client:
-                with MemorySampler(process.pid) as memory:
+                with MemorySampler(process.pid) as memory, HealthProbe(url) as health:
                     baseline_kb = memory.peak_tree_kb
                     start = time.perf_counter()
                     summary = upload_summary(client, path)
                     seconds = time.perf_counter() - start
-                streaming = stream_seconds(client, path)
-                target, latencies = check_page_latency(client, summary["upload"])
+                    streaming = stream_seconds(client, path)
+                    target, latencies = check_page_latency(client, summary["upload"])
+                    start = time.perf_counter()
+                    run = client.post("/api/runs", json={"upload": summary["upload"], "directory": "cam_bench"})
+                    run.raise_for_status()
+                    run_seconds = time.perf_counter() - start
+                    run_page = time_page(client, f"/runs/{run.json()['run']}")
         report(rows, path.stat().st_size, seconds, streaming, summary, baseline_kb, memory, target, latencies)
+        print(f"start the run (POST /api/runs from the upload): {run_seconds:.1f} s; run state {run.json()['state']}")
+        print(f"run page latency:         max {max(run_page):.0f} ms, median {statistics.median(run_page):.0f} ms")
+        print(f"/healthz while working:   max {max(health.took):.0f} ms, median "
+              f"{statistics.median(health.took):.0f} ms over {len(health.took)} probes")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 import click
@@ -27,19 +28,33 @@ def serve(settings: Settings, publish: Publisher, host: str, port: int, sandbox_
     app = create_app(settings, publish, token)
     app.state.sandbox_url = sandbox_url
     app.state.service.dispatch.runs.redis.ping()  # the embedded Redis starts now, or a clear error
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            proxy_headers=False, server_header=False, lifespan="off")
+    sock = listening_socket(host, port)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, proxy_headers=False,
+                            server_header=False, lifespan="off")
     server = uvicorn.Server(config)
 
     async def run() -> None:
-        task = asyncio.create_task(server.serve())
+        task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.05)
         if server.started:
-            click.echo(f"Dispatch service ready: {login_url(host, port, token, generated)}")
+            click.echo(f"Dispatch service ready: {login_url(host, sock.getsockname()[1], token, generated)}")
             sys.stdout.flush()
         await task
 
-    asyncio.run(run())
-    if not server.started:
-        raise UsageError(f"Cannot listen on {host}:{port} (is another program using that port?).")
+    with sock:
+        asyncio.run(run())
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The service's socket, bound here so a taken port is one sentence (uvicorn would exit instead)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        raise UsageError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}.") from None
+    sock.set_inheritable(True)
+    return sock
