@@ -171,3 +171,16 @@ class TestSharedRate:
         worst = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
         assert worst <= 50 * 1.05 + 3
         assert (stamps[-1] - stamps[0]) >= 200 / 50 * 0.85
+
+
+def test_send_api_url_wait_aims_the_local_worker_it_starts(dispatch_env, redis_url, tmp_path):
+    """An operator's own credentials and API URL: `send --api-url URL --wait` starts a local worker
+    configured for URL, so the run is sent there (not refused as a foreign URL)."""
+    env = {**dispatch_env, "COUPONTOOLS_CLIENT_ID": "own-id", "COUPONTOOLS_CLIENT_SECRET": "own-secret"}
+    csv = write_phones(tmp_path / "r.csv", 5)
+    scenario = {"credentials": {"client_id": "own-id", "client_secret": "own-secret"}}
+    with running_sandbox(scenario) as url:
+        result = send(env, csv, url, "--wait")
+    assert result.returncode == 0, result.stderr
+    summary = parse_json_out(result.stdout)
+    assert summary["state"] == "completed" and summary["counts"] == {"sent": 5}
