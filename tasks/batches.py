@@ -50,22 +50,24 @@ def send_batch(self, run_id: str, rows: list[int]) -> dict:
 @app.task(name="dispatch.submit", bind=True, max_retries=0)
 def submit_task(self, *, recipients: list[dict], channel: str, directory: str, body: str = "",
                 subject: str = "", region: str | None = None, run_id: str | None = None,
-                rate: float = 0.0) -> str:
+                rate: float = 0.0, **message_options: object) -> str:
     """`app.send_task("dispatch.submit", kwargs=…)`: record and queue a run from a producer's list.
 
     Without a `run_id` the run is named after the message's task ID, so a redelivered message (the
     worker died while recording) continues the same run instead of creating a second one."""
     return create_run_from_records(recipients, channel=channel, directory=directory, body=body,
                                    subject=subject, region=region, run_id=run_id or f"run_{self.request.id}",
-                                   rate=rate, source="celery")
+                                   rate=rate, source="celery", **message_options)
 
 
 def create_run_from_records(recipients, *, channel: str, directory: str, body: str = "", subject: str = "",
                             region: str | None = None, run_id: str | None = None, rate: float = 0.0,
-                            source: str = "python", publish=publish_batch) -> str:
+                            source: str = "python", publish=publish_batch, send_at: str | float | None = None,
+                            window: str = "", timezone: str = "", max_segments: int | None = None) -> str:
     """`submit()` and the `dispatch.submit` task: the application layer's start_from_records."""
     campaign = Campaign(channel=channel, directory=directory, body=body or "", subject=subject or "",
-                        region=region, rate=float(rate) if rate else None)
+                        region=region, rate=float(rate) if rate else None, send_at=send_at,
+                        window=window or "", timezone=timezone or "", max_segments=max_segments)
     dispatch = producer_dispatch().publishing_with(publish)
     return dispatch.start_from_records(campaign, recipients, run_id=run_id, source=source)
 

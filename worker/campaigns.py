@@ -16,6 +16,8 @@ from worker import keys
 from worker.client import CoupontoolsClient, Credentials
 from worker.errors import APIError, CoupontoolsError, UnusableRequestError, UsageError
 from worker.ingest import IngestOptions, Verdict, open_recipient_file, validate_records
+from worker.messages import field_name
+from worker.plan import MessageStats, Plan, parse_send_at
 from worker.policy import load_policy, policy_to_json
 from worker.redis_server import connect, resolve_redis_url
 from worker.reports import MAX_SCAN, Page, ReportRow, iter_report, page
@@ -46,6 +48,10 @@ class Campaign:
     api_url: str | None = None  # a run's own API URL: an allowed one, or any URL with sandbox=True
     sandbox: bool = False  # send with the sandbox's public credentials instead of the workers' own
     webhook_url: str = ""
+    send_at: str | float | None = None  # ISO 8601 with an offset (or unix time): the run starts then
+    window: str = ""  # recipients' local send window, "09:00-20:00"
+    timezone: str = ""  # IANA zone for recipients whose number has none; default UTC
+    max_segments: int | None = None  # SMS: rows whose message needs more segments end invalid
 
     def checked(self) -> Campaign:
         """This campaign, or UsageError saying in one sentence what is wrong with it."""
@@ -57,6 +63,8 @@ class Campaign:
             raise UsageError("The rate must be a positive number of messages per second.")
         if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
             raise UsageError("The webhook URL must start with http:// or https://.")
+        if self.max_segments is not None and self.max_segments < 1:
+            raise UsageError("The segment limit must be a positive number of SMS segments.")
         return self
 
 
@@ -127,14 +135,41 @@ class Dispatch:
                              max_bytes=self.settings.max_file_bytes, max_rows=self.settings.max_rows,
                              workers=workers)
 
-    def spec(self, campaign: Campaign, target: Target, source: str) -> RunSpec:
+    def spec(self, campaign: Campaign, target: Target, source: str, columns: list[str] | None = None,
+             address_field: str = "") -> RunSpec:
+        """The run's stored spec; `columns` are the input's fields, checked against the template."""
         policy = self.settings.policy_file
         own_url = campaign.sandbox or bool(campaign.api_url)  # else each worker's COUPONTOOLS_API_URL
-        return RunSpec(channel=campaign.channel, directory=campaign.directory, subject=campaign.subject,
+        spec = RunSpec(channel=campaign.channel, directory=campaign.directory, subject=campaign.subject,
                        body=campaign.body, region=campaign.region or "", rate=campaign.rate or 0.0,
                        sandbox=campaign.sandbox, api_url=target.url if own_url else "", source=source,
                        policy=policy_to_json(load_policy(policy)) if policy else "",
-                       webhook_url=campaign.webhook_url)
+                       webhook_url=campaign.webhook_url, send_at=parse_send_at(campaign.send_at),
+                       window=campaign.window, timezone=campaign.timezone,
+                       max_segments=campaign.max_segments or 0, address_field=field_name(address_field))
+        try:
+            spec = replace(spec, fields=Plan.stored_fields(spec, columns))
+            self.plan(spec).check(None if columns is None else [*columns, address_field])
+        except UnusableRequestError:
+            raise
+        except UsageError as exc:  # the message, window or time zone cannot be used: 422 over HTTP
+            raise UnusableRequestError(str(exc)) from None
+        return spec
+
+    def plan(self, spec: RunSpec) -> Plan:
+        return Plan(spec, self.settings.sms_url_length)
+
+    def message_stats(self, campaign: Campaign, columns: list[str], address_column: str) -> MessageStats | None:
+        """For `validate --body/--subject`: the template checked against the columns, and a collector
+        of segment counts and previews (None without a message)."""
+        if not (campaign.body if campaign.channel == "sms" else campaign.subject):
+            return None
+        spec = RunSpec(channel=campaign.channel, directory="", body=campaign.body, subject=campaign.subject,
+                       window=campaign.window, timezone=campaign.timezone, address_field=field_name(address_column))
+        spec = replace(spec, fields=Plan.stored_fields(spec, columns))
+        plan = self.plan(spec)
+        plan.check([*columns, address_column])
+        return MessageStats(plan)
 
     # -- starting runs ----------------------------------------------------------------------
     def start_from_file(self, campaign: Campaign, path: str | Path, *, run_id: str | None = None,
@@ -142,23 +177,27 @@ class Dispatch:
         """Validate a recipient file, record the run and queue it; the run ID."""
         campaign, target = self._prepare(campaign)
         recipients = open_recipient_file(path, self.ingest_options(campaign, workers))
-        spec = self.spec(campaign, target, source or f"file:{Path(path).name}")
+        spec = self.spec(campaign, target, source or f"file:{Path(path).name}", recipients.columns,
+                         recipients.address_column)
         return self._create(spec, recipients.iter_verdicts(), run_id, recipients.rows)
 
     def start_from_records(self, campaign: Campaign, records: Iterable[dict], *, run_id: str | None = None,
                            source: str = "python") -> str:
         """The `submit()` contract: a list of dicts with a phone or email (and template fields)."""
         campaign, target = self._prepare(campaign)
+        columns = _record_keys(records)
+        spec = self.spec(campaign, target, source, columns, "phone" if campaign.channel == "sms" else "email")
         verdicts = validate_records(records, self.ingest_options(campaign))
         expected = len(records) if hasattr(records, "__len__") else None
-        return self._create(self.spec(campaign, target, source), verdicts, run_id, expected)
+        return self._create(spec, verdicts, run_id, expected)
 
     def start_from_upload(self, campaign: Campaign, upload_id: str, *, run_id: str | None = None) -> str:
         """Start a run from a checked upload; the same upload started twice makes one run."""
         upload = self.uploads.get(upload_id)
         campaign = replace(campaign, channel=upload["channel"], region=upload.get("region") or None)
         campaign, target = self._prepare(campaign)
-        spec = self.spec(campaign, target, f"upload:{upload['filename']}")
+        spec = self.spec(campaign, target, f"upload:{upload['filename']}", upload.get("fields"),
+                         upload.get("column", ""))
         return self._create(spec, self.uploads.verdicts(upload_id), run_id or f"run_{upload_id}",
                             int(upload["rows"]))
 
@@ -169,11 +208,12 @@ class Dispatch:
             raise UsageError("Sending to directory users needs COUPONTOOLS_CLIENT_ID and "
                              "COUPONTOOLS_CLIENT_SECRET (or the sandbox).")
         users = asyncio.run(_fetch_directory_users(target, campaign.directory))
-        records = ({"phone": u.get("phone", ""), "email": u.get("email", ""),
-                    "first_name": u.get("first_name", ""), "last_name": u.get("last_name", ""),
-                    "registration": u.get("ID", "")} for u in users)
+        records = ({**{name: str(u.get(name) or "") for name in USER_FIELDS}, "registration": u.get("ID", "")}
+                   for u in users)
+        address = "phone" if campaign.channel == "sms" else "email"
+        spec = self.spec(campaign, target, "directory-users", [*USER_FIELDS, "registration"], address)
         verdicts = validate_records(records, self.ingest_options(campaign))
-        return self._create(self.spec(campaign, target, "directory-users"), verdicts, run_id, len(users))
+        return self._create(spec, verdicts, run_id, len(users))
 
     def _prepare(self, campaign: Campaign) -> tuple[Campaign, Target]:
         campaign = campaign.checked()
@@ -183,7 +223,8 @@ class Dispatch:
 
     def _create(self, spec: RunSpec, verdicts: Iterable[Verdict], run_id: str | None,
                 expected: int | None) -> str:
-        return self.runs.create(spec, verdicts, self.publish, run_id=run_id, expected_rows=expected)
+        plan = self.plan(spec) if _has_message_rules(spec) else None
+        return self.runs.create(spec, verdicts, self.publish, run_id=run_id, expected_rows=expected, plan=plan)
 
     def exists(self, run_id: str) -> bool:
         return bool(self.runs.redis.exists(keys.run(run_id)))
@@ -234,6 +275,19 @@ class Dispatch:
 
 
 FINISHED_STATES = frozenset({RunState.COMPLETED, RunState.ABORTED, RunState.CANCELLED})
+USER_FIELDS = ("phone", "email", "first_name", "last_name", "gender", "birthday", "age_range")
+
+
+def _has_message_rules(spec: RunSpec) -> bool:
+    """Whether rows need the plan at record time (plain campaigns skip it: no cost per row)."""
+    return bool(spec.fields or spec.window or spec.send_at or spec.max_segments)
+
+
+def _record_keys(records: Iterable[dict]) -> list[str] | None:
+    """The fields a list of records offers (the union of their keys); None for a stream."""
+    if not isinstance(records, (list, tuple)):
+        return None
+    return list(dict.fromkeys(str(k) for r in records if isinstance(r, dict) for k in r))
 
 
 async def _directory_info(target: Target, directory: str) -> dict:

@@ -36,6 +36,7 @@ from worker.faults import crash_point
 from worker.logs import mask
 from worker.metrics import Tally
 from worker.outcomes import Outcome, after_error, sent
+from worker.plan import Plan
 from worker.policy import Policy, policy_from_json
 from worker.runs import RunSpec
 from worker.scripts import AsyncScripts, Call, ClaimAnswer, Claimed, Ops
@@ -110,6 +111,7 @@ class Sender:
         self.transport = transport
         self.clients: dict[tuple[str, str], CoupontoolsClient] = {}
         self.run_policies: dict[str, Policy] = {}
+        self.plans: dict[tuple, Plan] = {}
         self.durability: Durability | None = None
 
     async def aclose(self) -> None:
@@ -143,6 +145,13 @@ class Sender:
             return await batch.run(self.client(batch.spec, credentials))
         finally:  # only a delivery that died (no finally) stays counted towards the poison limit
             await _quietly(self.redis.hincrby(keys.deliveries(run_id), task_id, -1))
+
+    def plan_for(self, spec: RunSpec) -> Plan:
+        """The run's message plan (template, window), parsed once per process."""
+        key = (spec.body, spec.subject, spec.channel, spec.window, spec.timezone, spec.fields, spec.address_field)
+        if key not in self.plans:
+            self.plans[key] = Plan(spec, self.settings.sms_url_length)
+        return self.plans[key]
 
     def policy_for(self, spec: RunSpec) -> Policy:
         """The policy the run was sent with, else this worker's."""
@@ -188,6 +197,8 @@ class _Batch:
         self.ops = Ops(run_id, spec.channel)
         self.scripts = sender.scripts
         self.policy = sender.policy_for(spec)
+        self.plan = sender.plan_for(spec)
+        self.static_text = self.plan.static_text  # the message when it is the same for every row
         self.limiter = sender.limiter(run_id, spec)
         self.tally = Tally()  # metrics of this batch, added to Redis with its outcome writes
         if self.limiter is not None:
@@ -254,8 +265,13 @@ class _Batch:
             self._give_back(size - len(claimed))
             if claimed:
                 crash_point("after_claim")
+            texts = await self._texts(claimed)
             for item in claimed:
-                self._start_send(item)
+                text = texts.get(item.row, self.static_text)
+                if text is None:
+                    self._give_back(1)  # held back: it waits for its window, or cannot be sent
+                else:
+                    self._start_send(item, text)
 
     def _claim_chunk(self) -> int:
         size = min(CLAIM_CHUNK, self.sender.settings.concurrency)
@@ -295,9 +311,30 @@ class _Batch:
         for _ in range(slots):
             self.slots.release()
 
-    def _start_send(self, item: Claimed) -> None:
+    async def _texts(self, claimed: list[Claimed]) -> dict[int, str | None]:
+        """Each claimed row's message, rendered from its stored fields; a row outside its send window
+        (it closed since the row was queued) is finished as `waiting` until it opens again."""
+        if not claimed or (self.static_text is not None and self.plan.window is None):
+            return {}
+        stored = [None] * len(claimed)
+        if self.plan.needs_fields:
+            stored = await self._patiently(lambda: self.sender.redis.hmget(keys.row_fields(self.run_id),
+                                                                           [c.row for c in claimed]))
+        now, texts = time.time(), {}
+        for item, data in zip(claimed, stored):
+            fate = self.plan.at_send(item.recipient, data, now)
+            texts[item.row] = fate.text
+            if fate.text is None:
+                self.unsent.discard(item.row)
+                held = (Outcome(item.row, Status.INVALID, 0, fate.invalid) if fate.invalid
+                        else Outcome(item.row, Status.WAITING, 0, "", fate.due))
+                self.outcomes.append(held)
+                self.has_outcomes.set()
+        return texts
+
+    def _start_send(self, item: Claimed, text: str) -> None:
         self.unsent.discard(item.row)
-        task = asyncio.create_task(self._send_one(item.row, item.recipient, item.attempts))
+        task = asyncio.create_task(self._send_one(item.row, item.recipient, item.attempts, text))
         self.in_flight.add(task)
         task.add_done_callback(self._sent_one)
 
@@ -343,9 +380,9 @@ class _Batch:
         return False
 
     # -- sending ----------------------------------------------------------------------------------
-    async def _send_one(self, row: int, recipient: str, attempts: int) -> None:
+    async def _send_one(self, row: int, recipient: str, attempts: int, text: str) -> None:
         try:
-            await self._call_api(recipient)
+            await self._call_api(recipient, text)
             crash_point("after_request")
             outcome = sent(row)
         except CoupontoolsError as error:
@@ -358,13 +395,13 @@ class _Batch:
             outcome = Outcome(row, Status.UNCERTAIN, 0, f"internal error: {type(error).__name__}")
         self._record(outcome)
 
-    async def _call_api(self, recipient: str) -> None:
+    async def _call_api(self, recipient: str, text: str) -> None:
         started = time.perf_counter()
         try:
             if self.spec.channel == "sms":
-                await self.client.send_sms(self.spec.directory, recipient, self.spec.body or None)
+                await self.client.send_sms(self.spec.directory, recipient, text or None)
             else:
-                await self.client.send_email(self.spec.directory, recipient, self.spec.subject or None)
+                await self.client.send_email(self.spec.directory, recipient, text or None)
         finally:
             self.tally.api_call(self.spec.channel, time.perf_counter() - started)
 

@@ -5,6 +5,7 @@
                                                recorded (1 once every row is recorded), touched_at, …
     dispatch:run:{ID}:rows              HASH   row number → JSON [status, attempts, code, message,
                                                recipient, owner, due] (worker.scripts.Record)
+    dispatch:run:{ID}:fields            HASH   row number → JSON list of the fields its message uses
     dispatch:run:{ID}:counts            HASH   status → number of rows
     dispatch:run:{ID}:due               ZSET   rows waiting to retry, scored by when they may go
     dispatch:run:{ID}:parked            SET    rows set aside while the run is paused
@@ -47,6 +48,12 @@ def rows(run_id: str) -> str:
     return f"{run(run_id)}:rows"
 
 
+def row_fields(run_id: str) -> str:
+    """HASH row → JSON list of the values the run's template (and send window) use, in RunSpec.fields
+    order; only for runs that need them."""
+    return f"{run(run_id)}:fields"
+
+
 def counts(run_id: str) -> str:
     return f"{run(run_id)}:counts"
 
@@ -77,7 +84,7 @@ def reconciling(run_id: str) -> str:
 
 def run_keys(run_id: str) -> list[str]:
     """Every key of one run (what `forget` deletes)."""
-    return [run(run_id), rows(run_id), counts(run_id), due(run_id), parked(run_id), deliveries(run_id),
+    return [run(run_id), rows(run_id), row_fields(run_id), counts(run_id), due(run_id), parked(run_id), deliveries(run_id),
             hold(run_id), leases(run_id), reconciling(run_id), rate(run_id)]
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from itertools import islice
+from typing import Any, Protocol
 
 import redis
 import structlog
@@ -21,6 +22,12 @@ from worker.statuses import FINAL, NOT_FINAL, STOPPED_STATES, RunState, Status
 from worker.webhooks import announce_finished
 
 Publisher = Callable[[str, list[int]], None]  # (run_id, rows) → a batch task is queued
+
+
+class RowPlan(Protocol):
+    """What Runs.create asks of worker.plan.Plan (which imports this module)."""
+
+    def record(self, recipient: str, fields: dict[str, str], now: float) -> Any: ...
 
 ROW_CHUNK = 1000  # rows per pipelined write / read
 SPREAD = 8  # a run of known size is cut into at least this many batches, so several processes share it
@@ -56,6 +63,12 @@ class RunSpec:
     source: str = ""
     policy: str = ""  # JSON (worker.policy.policy_to_json); empty: each worker's own policy
     webhook_url: str = ""  # announce the run's end here (worker.webhooks); empty: the worker's own
+    send_at: float = 0.0  # unix time the run starts sending (0: at once)
+    window: str = ""  # recipients' local send window, "09:00-20:00" (worker.messages.Window)
+    timezone: str = ""  # IANA zone for recipients whose number has none (and emails); empty: UTC
+    max_segments: int = 0  # SMS segments a row's message may need (0: no limit)
+    fields: str = ""  # comma-separated: the row fields stored for sending (template fields, timezone)
+    address_field: str = ""  # the field name of the address column (its value is the recipient)
 
     def to_hash(self) -> dict[str, str]:
         return {k: str(int(v) if isinstance(v, bool) else v) for k, v in asdict(self).items()}
@@ -67,7 +80,10 @@ class RunSpec:
                    region=data.get("region", ""), rate=float(data.get("rate") or 0),
                    sandbox=data.get("sandbox") == "1", api_url=data.get("api_url", ""),
                    source=data.get("source", ""), policy=data.get("policy", ""),
-                   webhook_url=data.get("webhook_url", ""))
+                   webhook_url=data.get("webhook_url", ""), send_at=float(data.get("send_at") or 0),
+                   window=data.get("window", ""), timezone=data.get("timezone", ""),
+                   max_segments=int(data.get("max_segments") or 0), fields=data.get("fields", ""),
+                   address_field=data.get("address_field", ""))
 
 
 @dataclass(frozen=True)
@@ -101,9 +117,10 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
-def record(status: str, recipient: str, *, attempts: int = 0, code: int = 0, message: str = "") -> str:
+def record(status: str, recipient: str, *, attempts: int = 0, code: int = 0, message: str = "",
+           due: float = 0.0) -> str:
     """A new row record as the Lua scripts store it (worker.scripts.Record)."""
-    return Record(status, attempts, code, message, recipient).encode()
+    return Record(status, attempts, code, message, recipient, "", due).encode()
 
 
 class Runs:
@@ -121,10 +138,12 @@ class Runs:
 
     # -- creating ---------------------------------------------------------------------------
     def create(self, spec: RunSpec, verdicts: Iterable[Verdict], publish: Publisher,
-               run_id: str | None = None, expected_rows: int | None = None) -> str:
+               run_id: str | None = None, expected_rows: int | None = None, plan: RowPlan | None = None) -> str:
         """Record every row and queue the valid ones; idempotent for a producer-given run_id.
 
-        The run reads `queuing` until its recording is closed; it cannot complete before."""
+        The run reads `queuing` until its recording is closed; it cannot complete before. With a
+        `plan` (worker.plan.Plan: template, length limit, schedule, window) each valid row is
+        checked against it, and rows that must wait are put in `due` for their time."""
         run_id = check_run_id(run_id) if run_id else new_run_id()
         if not self._open_run(run_id, spec):
             return run_id  # already fully recorded: submitting twice makes one run
@@ -134,7 +153,7 @@ class Runs:
         total = 0
         for chunk in _chunks(verdicts, ROW_CHUNK):
             total = chunk[-1].row
-            batch.extend(self._put_chunk(run_id, ops, spec.channel, chunk))
+            batch.extend(self._put_chunk(run_id, ops, spec.channel, chunk, plan))
             while len(batch) >= size:
                 publish(run_id, batch[:size])
                 batch = batch[size:]
@@ -161,19 +180,27 @@ class Runs:
         self.redis.sadd(keys.ACTIVE, run_id)
         return True
 
-    def _put_chunk(self, run_id: str, ops: Ops, channel: str, chunk: list[Verdict]) -> list[int]:
-        """Write a chunk of rows (suppression checked in one round trip); the rows to send."""
+    def _put_chunk(self, run_id: str, ops: Ops, channel: str, chunk: list[Verdict],
+                   plan: RowPlan | None = None) -> list[int]:
+        """Write a chunk of rows (suppression checked in one round trip); the rows to send now."""
         valid = [v for v in chunk if v.status == Status.PENDING]
         suppressed = self._suppressed_flags(channel, [v.recipient for v in valid])
         is_suppressed = {v.row for v, flag in zip(valid, suppressed) if flag}
         rows: list[tuple[int, str, str]] = []
         to_send: list[int] = []
+        data: dict[int, str] = {}
+        now = time.time()
         for verdict in chunk:
             status, rec = _row_record(verdict, verdict.row in is_suppressed)
+            if status == Status.PENDING and plan is not None:
+                status, rec, data[verdict.row] = _planned_record(plan, verdict, now)
             rows.append((verdict.row, status, rec))
             if status == Status.PENDING:
                 to_send.append(verdict.row)
-        if self.scripts(ops.put_rows(time.time(), rows)) < 0:
+        stored = {row: value for row, value in data.items() if value is not None}
+        if stored:
+            self.redis.hset(keys.row_fields(run_id), mapping=stored)
+        if self.scripts(ops.put_rows(now, rows)) < 0:
             raise ConflictError(f"Run {run_id} stopped waiting for its recipients (nothing arrived for "
                              f"{self.stall_timeout:.0f}s) and went on with those it had; submit the rest "
                              "as a new run.")
@@ -222,6 +249,7 @@ class Runs:
             "total": int(meta.get("total", sum(counts.values()))), "counts": counts, "final": final_rows,
             "done": open_rows == 0 and is_recorded(meta),
             "created_at": float(meta.get("created_at", 0)), "finished_at": float(meta.get("finished_at", 0)),
+            **({"send_at": float(meta["send_at"])} if float(meta.get("send_at") or 0) else {}),
             **({"note": meta["abandoned"]} if meta.get("abandoned") else {}),
         }
 
@@ -239,10 +267,13 @@ class Runs:
 
     # -- control ----------------------------------------------------------------------------
     def pause(self, run_id: str) -> bool:
-        return self._transition(run_id, None, [RunState.RUNNING, RunState.QUEUING], RunState.PAUSED)
+        return self._transition(run_id, None, [RunState.RUNNING, RunState.QUEUING, RunState.SCHEDULED],
+                                RunState.PAUSED)
 
     def resume(self, run_id: str, publish: Publisher) -> bool:
-        changed = self._transition(run_id, None, [RunState.PAUSED], RunState.RUNNING)
+        """Paused → running (or scheduled again, when its start time is still ahead)."""
+        ahead = float(self.meta(run_id).get("send_at") or 0) > time.time()
+        changed = self._transition(run_id, None, [RunState.PAUSED], RunState.SCHEDULED if ahead else RunState.RUNNING)
         self.republish_parked(run_id, publish)
         return changed
 
@@ -336,6 +367,11 @@ class Runs:
             return 0
         ops = Ops(run_id, meta["channel"])
         queued = 0
+        if state == RunState.SCHEDULED:
+            if float(meta.get("send_at") or 0) > now:
+                return 0  # its rows wait in `due` for the start; nothing to heal
+            self._transition(run_id, meta["channel"], [RunState.SCHEDULED], RunState.RUNNING)
+            state = RunState.RUNNING
         if state in STOPPED_STATES:  # in-flight rows that came back to wait, or rows parked before the stop
             waiting = self.redis.zrange(keys.due(run_id), 0, -1) + list(self.redis.smembers(keys.parked(run_id)))
             self._finalize(run_id, meta["channel"], waiting)
@@ -421,6 +457,14 @@ class Runs:
 
     def is_suppressed(self, channel: str, address: str) -> bool:
         return bool(self.redis.sismember(keys.suppressed(channel), address))
+
+
+def _planned_record(plan: RowPlan, verdict: Verdict, now: float) -> tuple[str, str, str | None]:
+    """A valid row as the run's message plan has it: pending, waiting for its time, or invalid."""
+    fate = plan.record(verdict.recipient, verdict.fields, now)
+    if fate.status == Status.INVALID:
+        return Status.INVALID, record(Status.INVALID, verdict.recipient, message=fate.reason), None
+    return fate.status, record(fate.status, verdict.recipient, due=fate.due), fate.data
 
 
 def _row_record(verdict: Verdict, suppressed: bool) -> tuple[str, str]:

@@ -11,14 +11,17 @@ and a nonce new for every delivery. A row's owner is kept while it is in flight 
 Transitions (statuses in worker.statuses):
     (recorded)  --put-->      pending, or cancelled/aborted when the run stopped while recording
     pending     --claim-->    in_flight (owner, attempts + 1)            [run queuing or running]
-    retry_wait  --claim-->    in_flight, once its due time has come       [run queuing or running]
-    pending | due retry_wait --claim, address on the suppression list--> suppressed
-    pending | retry_wait --claim while paused-->  (parked, unchanged)
-    pending | retry_wait --claim or finalize while stopped--> aborted | cancelled
+    (recorded)  --put-->      waiting, queued in `due` for its time (a scheduled run's start, or the
+                 recipient's send window opening)
+    retry_wait | waiting --claim--> in_flight, once its due time has come  [run queuing or running]
+    pending | due retry_wait/waiting --claim, address on the suppression list--> suppressed
+    pending | retry_wait | waiting --claim while paused-->  (parked, unchanged)
+    pending | retry_wait | waiting --claim or finalize while stopped--> aborted | cancelled
     in_flight   --claim by another delivery of the same task (redelivery)--> uncertain
     in_flight   --claim by the same delivery (a claim retried after a lost answer)--> in_flight
                  (handed out again: it was never sent)
     in_flight   --finish by its owner--> sent | blacklisted | invalid | failed | aborted | uncertain | retry_wait
+                 | waiting (claimed outside its send window: never sent, the attempt given back)
     uncertain   --finish by its owner--> the outcome that arrived late (a certain answer wins; a late
                  retry_wait in a run already completed or stopped ends failed, aborted or cancelled)
     in_flight   --release by its owner (claimed, never sent)--> pending, queued in `due` at once
@@ -28,7 +31,8 @@ Transitions (statuses in worker.statuses):
     failed | uncertain | aborted --requeue (operator)--> pending, and the run `running` in the same step
 
 A run completes (state `completed`) only once its recording is closed (`recorded` = 1) and no row is
-pending, in_flight or retry_wait. Every open row is, at every moment, in a queued or running batch, in
+pending, in_flight, retry_wait or waiting. A run whose `send_at` lies ahead is `scheduled` once recorded
+(the sweepers make it `running` when its time comes); its rows wait in `due` until then. Every open row is, at every moment, in a queued or running batch, in
 `due` or `parked`, or found again by reconcile (the sweepers' cure for lost messages and dead owners).
 """
 from __future__ import annotations
@@ -69,6 +73,10 @@ end
 local function is_stopped(state)
   return state == 'aborted' or state == 'cancelled'
 end
+local function is_waiting(status)
+  -- open rows that sit in `due` until their time: a retry's backoff, a schedule or a send window
+  return status == 'retry_wait' or status == 'waiting'
+end
 local function touch(now)
   redis.call('HSET', K_RUN, 'touched_at', now)
 end
@@ -80,11 +88,11 @@ local function is_recorded()
 end
 local function maybe_complete(now)
   if not is_recorded() then return end
-  local c = redis.call('HMGET', K_COUNTS, 'pending', 'in_flight', 'retry_wait')
-  local open = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0)
+  local c = redis.call('HMGET', K_COUNTS, 'pending', 'in_flight', 'retry_wait', 'waiting')
+  local open = (tonumber(c[1]) or 0) + (tonumber(c[2]) or 0) + (tonumber(c[3]) or 0) + (tonumber(c[4]) or 0)
   if open > 0 then return end
   local state = redis.call('HGET', K_RUN, 'state')
-  if state == 'running' or state == 'paused' or state == 'queuing' then
+  if state == 'running' or state == 'paused' or state == 'queuing' or state == 'scheduled' then
     redis.call('HSET', K_RUN, 'state', 'completed', 'finished_at', now)
   elseif is_stopped(state) and redis.call('HEXISTS', K_RUN, 'finished_at') == 0 then
     redis.call('HSET', K_RUN, 'finished_at', now)
@@ -125,7 +133,11 @@ for i = 2, #ARGV, 3 do
   local row, status, raw = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('HSETNX', K_ROWS, row, raw) == 1 then
     redis.call('HINCRBY', K_COUNTS, status, 1)
-    if status == 'pending' and is_stopped(state) then end_stopped(row, cjson.decode(raw), state) end
+    if (status == 'pending' or status == 'waiting') and is_stopped(state) then
+      end_stopped(row, cjson.decode(raw), state)
+    elseif status == 'waiting' then
+      redis.call('ZADD', K_DUE, cjson.decode(raw)[R_DUE], row)
+    end
     added = added + 1
   end
 end
@@ -137,7 +149,10 @@ return added
 CLOSE_RECORDING = r"""
 local now, total = ARGV[1], ARGV[2]
 redis.call('HSET', K_RUN, 'recorded', '1', 'total', total, 'queued_at', now)
-if redis.call('HGET', K_RUN, 'state') == 'queuing' then redis.call('HSET', K_RUN, 'state', 'running') end
+if redis.call('HGET', K_RUN, 'state') == 'queuing' then
+  local send_at = tonumber(redis.call('HGET', K_RUN, 'send_at')) or 0
+  redis.call('HSET', K_RUN, 'state', send_at > tonumber(now) and 'scheduled' or 'running')
+end
 touch(now)
 maybe_complete(now)
 return redis.call('HGET', K_RUN, 'state')
@@ -155,7 +170,7 @@ for i = 3, #ARGV do
   local rec = load(row)
   if rec then
     local status = rec[R_STATUS]
-    local ready = status == 'pending' or (status == 'retry_wait' and (tonumber(rec[R_DUE]) or 0) <= now)
+    local ready = status == 'pending' or (is_waiting(status) and (tonumber(rec[R_DUE]) or 0) <= now)
     if status == 'in_flight' and rec[R_OWNER] == owner then
       out[#out + 1] = row
       out[#out + 1] = rec[R_RECIPIENT]
@@ -182,7 +197,7 @@ for i = 3, #ARGV do
       out[#out + 1] = row
       out[#out + 1] = rec[R_RECIPIENT]
       out[#out + 1] = rec[R_ATTEMPTS]
-    elseif (status == 'pending' or status == 'retry_wait') and not sending then
+    elseif (status == 'pending' or is_waiting(status)) and not sending then
       set_aside(row, rec, state)
     end
   end
@@ -201,7 +216,7 @@ for i = 3, #ARGV, 5 do
   local row, status = ARGV[i], ARGV[i + 1]
   local rec = load(row)
   if rec and rec[R_OWNER] == owner and (rec[R_STATUS] == 'in_flight' or rec[R_STATUS] == 'uncertain') then
-    if status == 'retry_wait' and rec[R_STATUS] == 'uncertain' and (state == 'completed' or is_stopped(state)) then
+    if is_waiting(status) and rec[R_STATUS] == 'uncertain' and (state == 'completed' or is_stopped(state)) then
       -- a certain "not now" for a row already counted as ended: the run is over, so the row ends too
       if state == 'completed' then status = 'failed' elseif state == 'cancelled' then status = 'cancelled'
       else status = 'aborted' end
@@ -210,7 +225,8 @@ for i = 3, #ARGV, 5 do
     rec[R_CODE] = tonumber(ARGV[i + 2]) or 0
     rec[R_MESSAGE] = ARGV[i + 3]
     rec[R_DUE] = tonumber(ARGV[i + 4]) or 0
-    if status == 'retry_wait' then
+    if status == 'waiting' then rec[R_ATTEMPTS] = math.max(0, rec[R_ATTEMPTS] - 1) end
+    if is_waiting(status) then
       rec[R_OWNER] = ''
       redis.call('ZADD', K_DUE, rec[R_DUE], row)
     elseif status ~= 'uncertain' then
@@ -261,7 +277,7 @@ for i = 3, #ARGV do
   if rec and rec[R_STATUS] == 'pending' then
     queue_again(row, rec, state, when)
     deferred = deferred + 1
-  elseif rec and rec[R_STATUS] == 'retry_wait' and not is_sending(state) then
+  elseif rec and is_waiting(rec[R_STATUS]) and not is_sending(state) then
     set_aside(row, rec, state)
   end
 end
@@ -272,7 +288,7 @@ return deferred
 # ARGV: new_state, reason, now → 1 if the run changed state
 STOP = r"""
 local state = redis.call('HGET', K_RUN, 'state')
-if state == 'queuing' or state == 'running' or state == 'paused' then
+if state == 'queuing' or state == 'running' or state == 'paused' or state == 'scheduled' then
   redis.call('HSET', K_RUN, 'state', ARGV[1], 'reason', ARGV[2], 'stopped_at', ARGV[3])
   return 1
 end
@@ -286,7 +302,7 @@ if not is_stopped(state) then return 0 end
 local ended = 0
 for i = 2, #ARGV do
   local rec = load(ARGV[i])
-  if rec and (rec[R_STATUS] == 'pending' or rec[R_STATUS] == 'retry_wait') then
+  if rec and (rec[R_STATUS] == 'pending' or is_waiting(rec[R_STATUS])) then
     end_stopped(ARGV[i], rec, state)
     ended = ended + 1
   end
@@ -315,7 +331,7 @@ for row = tonumber(ARGV[2]), tonumber(ARGV[3]) do
       end
     elseif status == 'pending' then
       if is_sending(state) then out[#out + 1] = row else set_aside(row, rec, state) end
-    elseif status == 'retry_wait' then
+    elseif is_waiting(status) then
       if not redis.call('ZSCORE', K_DUE, row) then redis.call('ZADD', K_DUE, rec[R_DUE], row) end
       if not is_sending(state) then set_aside(row, rec, state) end
     end

@@ -38,6 +38,7 @@ class Settings:
     webhook_secret: str | None = field(default=None, repr=False)  # signs the announcements
     allowed_api_urls: tuple[str, ...] = ()  # more URLs the workers' credentials may go to (besides api_url)
     api_token: str | None = field(default=None, repr=False)  # `serve`'s token; None: generated under home
+    sms_url_length: int = 30  # characters Coupontools' appended URL takes in an SMS (plus a space)
     metrics_public: bool = False  # /metrics without the token (a scraper inside a private network)
 
     @classmethod
@@ -90,6 +91,7 @@ _NUMERIC = {
     "batch_size": int, "concurrency": int, "account_rate": float, "request_timeout": float,
     "connect_timeout": float, "visibility_timeout": int, "max_deliveries": int,
     "max_file_bytes": int, "max_rows": int, "stall_timeout": float, "min_replicas": int,
+    "sms_url_length": int,
 }
 _MAY_BE_ZERO = frozenset({"min_replicas"})
 

@@ -10,6 +10,7 @@ class Status(StrEnum):
     PENDING = "pending"
     IN_FLIGHT = "in_flight"
     RETRY_WAIT = "retry_wait"
+    WAITING = "waiting"  # for the run's start (send_at) or the recipient's send window
     SENT = "sent"
     BLACKLISTED = "blacklisted"
     INVALID = "invalid"
@@ -21,7 +22,7 @@ class Status(StrEnum):
     UNCERTAIN = "uncertain"
 
 
-NOT_FINAL = frozenset({Status.PENDING, Status.IN_FLIGHT, Status.RETRY_WAIT})
+NOT_FINAL = frozenset({Status.PENDING, Status.IN_FLIGHT, Status.RETRY_WAIT, Status.WAITING})
 FINAL = frozenset(Status) - NOT_FINAL
 
 
@@ -29,6 +30,7 @@ class RunState(StrEnum):
     """Where a whole run stands."""
 
     QUEUING = "queuing"  # recipients still being recorded; batches may already be sending
+    SCHEDULED = "scheduled"  # recorded; starts sending at its send_at
     RUNNING = "running"
     PAUSED = "paused"
     COMPLETED = "completed"

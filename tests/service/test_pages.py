@@ -188,3 +188,38 @@ def test_an_email_list_asks_for_a_subject(browser: httpx.Client) -> None:
     html = browser.get(answer.headers["location"]).text
     assert 'name="subject"' in html and 'name="body"' not in html
     assert 'data-url=""' in html and "Send to 1 recipient<" in html
+
+
+def test_preview_shows_the_first_messages_with_their_sms_segments(browser: httpx.Client) -> None:
+    """The check page's Preview renders the first recipients' messages with the run's own template
+    rules (fallbacks, normalised field names) and counts their SMS segments (UCS-2 marked)."""
+    body = ("First Name,phone\nAnn,+447911000020\n,+447911000021\nЖанна,+447911000022\n").encode()
+    check = upload(browser, body).headers["location"]
+    answer = send(browser, check, action="preview", directory="dir_12345", body="Hi {first_name|there}:")
+    assert answer.status_code == 200
+    table = re.search(r'<table class="previews">(.*?)</table>', answer.text, re.S).group(1)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", table, re.S)
+    assert [c.strip() for c in cells[1::3]] == ["Hi Ann: https://cpn.to/dir_12345", "Hi there: https://cpn.to/dir_12345",
+                                                "Hi Жанна: https://cpn.to/dir_12345"]
+    assert cells[2].strip() == "1" and "UCS-2" in cells[8]
+    assert "run_" not in answer.headers.get("location", "")  # a preview starts nothing
+
+
+def test_an_unknown_field_is_refused_on_the_check_page(browser: httpx.Client) -> None:
+    check = upload(browser, csv_upload([("Ann", "+447911000030")])).headers["location"]
+    answer = send(browser, check, action="send", directory="dir_12345", body="Hi {frist_name}")
+    assert answer.status_code == 422
+    assert "The message uses {frist_name}, which no column provides; the columns are: name, phone." in answer.text
+
+
+def test_the_send_form_takes_a_schedule_a_window_and_a_segment_limit(browser: httpx.Client) -> None:
+    check = upload(browser, csv_upload([("Ann", "+447911000040")])).headers["location"]
+    answer = send(browser, check, action="send", directory="dir_12345", body="Hi {name}",
+                  send_at="2999-01-01T09:00:00+01:00", window="09:00-20:00", timezone="Europe/London",
+                  max_segments="2")
+    assert answer.status_code == 303, answer.text
+    run = answer.headers["location"].rsplit("/", 1)[1]
+    summary = browser.get(f"/api/runs/{run}").json()
+    assert summary["state"] == "scheduled" and summary["counts"] == {"waiting": 1}
+    assert browser.post(f"/runs/{run}/cancel", data={"csrf": csrf_of(browser.get("/").text)}).status_code == 303
+    assert browser.get(f"/api/runs/{run}").json()["counts"] == {"cancelled": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Protocol
@@ -67,6 +68,9 @@ def print_summary(summary: dict, as_json: bool) -> None:
         if summary["counts"].get(status):
             click.echo(f"  {status:<12} {summary['counts'][status]:>8}")
     click.echo(f"  {'total':<12} {summary['total']:>8}")
+    if summary.get("send_at"):
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(summary["send_at"]))
+        click.echo(f"  send at      {when}")
     if summary.get("note"):
         click.echo(f"  note: {summary['note']}")
 
@@ -90,8 +94,3 @@ def output(path: str | None):
         raise UsageError(f"Cannot write {path}: {exc.strerror}.") from None
     with handle:
         yield handle
-
-
-def lines(items: Iterator[str]) -> None:
-    for item in items:
-        click.echo(item)

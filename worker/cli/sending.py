@@ -26,23 +26,43 @@ from worker.ingest import open_recipient_file, summarize
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a verdict per row here.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes validating in parallel.")
+@click.option("--body", default="", help="SMS text to preview: segments per row, UCS-2 rows, first messages.")
+@click.option("--subject", default="", help="Email subject to preview.")
 @JSON_OUT
 @pass_app
 def validate(app: App, file: str, channel: str, region: str | None, phone_column: str | None,
-             email_column: str | None, report_path: str | None, workers: int, as_json: bool) -> None:
-    """Read and validate FILE without sending anything."""
+             email_column: str | None, report_path: str | None, workers: int, body: str, subject: str,
+             as_json: bool) -> None:
+    """Read and validate FILE without sending anything (with --body/--subject: the messages too)."""
     campaign = Campaign(channel=channel, directory="", region=region, phone_column=phone_column,
-                        email_column=email_column)
+                        email_column=email_column, body=body, subject=subject)
     recipients = open_recipient_file(file, app.dispatch.ingest_options(campaign, workers))
-    summary = summarize(recipients.iter_verdicts(), report_path=report_path)
+    stats = app.dispatch.message_stats(campaign, recipients.columns, recipients.address_column)
+    verdicts = stats.watch(recipients.iter_verdicts()) if stats else recipients.iter_verdicts()
+    summary = summarize(verdicts, report_path=report_path)
+    if stats:
+        summary.update(stats.as_dict())
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(summary, ensure_ascii=False))
         return
     click.echo(f"{file}: {summary['rows']} rows, {summary['valid']} valid, {summary['invalid']} invalid, "
                f"{summary['duplicates']} duplicates (column {recipients.address_column!r}, "
                f"{recipients.encoding}, delimiter {recipients.delimiter!r}).")
+    if stats:
+        _print_messages(summary)
     if report_path:
         click.echo(f"Verdict per row written to {report_path}.")
+
+
+def _print_messages(summary: dict) -> None:
+    if "segments" in summary:
+        spread = ", ".join(f"{rows} need {n} segment{'s' if n != '1' else ''}"
+                           for n, rows in summary["segments"].items()) or "no valid rows"
+        click.echo(f"SMS length: {spread}; {summary['ucs2']} UCS-2.")
+    if summary["missing_fields"]:
+        click.echo(f"{summary['missing_fields']} valid rows lack a value the message needs (they would end invalid).")
+    for item in summary["preview"]:
+        click.echo(f"  row {item['row']}: {item['text']}")
 
 
 @click.command()
@@ -63,6 +83,13 @@ def validate(app: App, file: str, channel: str, region: str | None, phone_column
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Messages per second, all workers together.")
 @click.option("--run-id", help="Choose the run ID (submitting the same ID twice creates one run).")
 @click.option("--webhook-url", default="", help="POST the run's outcome here when it finishes.")
+@click.option("--send-at", metavar="WHEN", help="Start sending then (ISO 8601 with an offset); the run is "
+              "`scheduled` until.")
+@click.option("--window", metavar="HH:MM-HH:MM", default="", help="Message recipients only inside this window "
+              "of their local time (from the number; else --timezone or a timezone column).")
+@click.option("--timezone", default="", metavar="ZONE", help="IANA zone for recipients whose number has none "
+              "(default UTC).")
+@click.option("--max-segments", type=click.IntRange(min=1), help="SMS rows needing more segments end invalid.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, help="Processes validating in parallel.")
 @WAIT
 @JSON_OUT
@@ -70,8 +97,8 @@ def validate(app: App, file: str, channel: str, region: str | None, phone_column
 def send(app: App, file: str | None, channel: str, directory: str, subject: str, body: str,
          region: str | None, phone_column: str | None, email_column: str | None, from_directory_users: bool,
          api_url: str | None, sandbox: bool, sandbox_scenario: str | None, sandbox_log: str | None,
-         rate: float | None, run_id: str | None, webhook_url: str, workers: int, wait: bool,
-         as_json: bool) -> None:
+         rate: float | None, run_id: str | None, webhook_url: str, send_at: str | None, window: str,
+         timezone: str, max_segments: int | None, workers: int, wait: bool, as_json: bool) -> None:
     """Validate FILE, record the run and queue it; prints the run ID."""
     if bool(file) == from_directory_users:
         raise UsageError("Give either a FILE or --from-directory-users, not both or neither.")
@@ -79,7 +106,8 @@ def send(app: App, file: str | None, channel: str, directory: str, subject: str,
     with sandbox_for(sandbox, sandbox_scenario, sandbox_log) as sandbox_url:
         campaign = Campaign(channel=channel, directory=directory, subject=subject, body=body, region=region,
                             rate=rate, phone_column=phone_column, email_column=email_column,
-                            api_url=sandbox_url or api_url, sandbox=sandbox, webhook_url=webhook_url)
+                            api_url=sandbox_url or api_url, sandbox=sandbox, webhook_url=webhook_url,
+                            send_at=send_at, window=window, timezone=timezone, max_segments=max_segments)
         if from_directory_users:
             run_id = app.dispatch.start_from_directory_users(campaign, run_id=run_id)
         else:

@@ -98,7 +98,8 @@ class Sandbox:
         answer = (self._refusal(request, body)
                   or self._send_refusal(channel, field, campaign, recipient)
                   or await self._scripted(channel, campaign, recipient))
-        return await self._finish(request, campaign, recipient, answer)
+        text = _text(body.get("body" if channel == "sms" else "subject"))
+        return await self._finish(request, campaign, recipient, answer, text)
 
     def _send_refusal(self, channel: str, field: str, campaign: str, recipient: str) -> Answer | None:
         if not campaign:
@@ -191,20 +192,24 @@ class Sandbox:
         return _json_response({"status": {"status": "failed", "errors": errors}}, status)
 
     async def _finish(self, request: web.Request, campaign: str | None, recipient: str | None,
-                      answer: Answer) -> web.StreamResponse:
+                      answer: Answer, text: str | None = None) -> web.StreamResponse:
         result, response = answer
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        self._log(request.path, campaign, recipient, result)
+        self._log(request.path, campaign, recipient, result, text)
         if response is DROP:
             return _drop(request)
         return response
 
-    def _log(self, path: str, campaign: str | None, recipient: str | None, result: Any) -> None:
+    def _log(self, path: str, campaign: str | None, recipient: str | None, result: Any,
+             text: str | None = None) -> None:
         if self.log_fd is None:
             return
-        line = json.dumps({"ts": time.time(), "path": path, "campaign": campaign or None,
-                           "recipient": recipient or None, "result": result})
+        entry = {"ts": time.time(), "path": path, "campaign": campaign or None, "recipient": recipient or None,
+                 "result": result}
+        if path.startswith("/v3/send/"):
+            entry["text"] = text or None  # the body (SMS) or subject (email) it received
+        line = json.dumps(entry, ensure_ascii=False)
         os.write(self.log_fd, line.encode() + b"\n")
 
     async def close(self, _app: web.Application) -> None:

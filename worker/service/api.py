@@ -113,11 +113,16 @@ class RunRequest(BaseModel):
     webhook_url: str = ""
     api_url: str | None = None
     sandbox: bool = False
+    send_at: str | float | None = None
+    window: str = ""
+    timezone: str = ""
+    max_segments: int | None = None
 
     def campaign(self, channel: str) -> Campaign:
         return Campaign(channel=channel, directory=self.directory, body=self.body, subject=self.subject,
                         region=self.region or None, rate=self.rate, api_url=self.api_url or None,
-                        sandbox=self.sandbox, webhook_url=self.webhook_url)
+                        sandbox=self.sandbox, webhook_url=self.webhook_url, send_at=self.send_at,
+                        window=self.window, timezone=self.timezone, max_segments=self.max_segments)
 
 
 def parse_run_request(body: Any, max_rows: int) -> RunRequest:

@@ -15,6 +15,7 @@ from worker import reports
 from worker.campaigns import FINISHED_STATES, Campaign
 from worker.catalogue import CATALOGUE
 from worker.errors import DispatchError, UsageError
+from worker.messages import field_values, sms_length
 from worker.service.app import HTTPProblem, Service, service
 from worker.service.receive import check_upload, receive_upload
 from worker.statuses import Status
@@ -98,7 +99,7 @@ def meaning(code: int) -> str:
 
 def controls(state: str | None, summary: dict) -> list[str]:
     """The buttons that make sense in this state."""
-    if state in ("queuing", "running"):
+    if state in ("queuing", "running", "scheduled"):
         return ["pause", "cancel"]
     if state == "paused":
         return ["resume", "cancel"]
@@ -108,28 +109,35 @@ def controls(state: str | None, summary: dict) -> list[str]:
     return []
 
 
-def message_preview(summary: dict, body: str, subject: str) -> dict:
-    """The message as the first recipient will see it (fields filled from that recipient)."""
-    first = (summary.get("preview") or [{}])[0]
-    fields = first.get("fields") or {}
-    if summary.get("channel") == "email":
-        return {"to": first.get("recipient", ""), "text": fill(subject, fields)}
-    return {"to": first.get("recipient", ""), "text": (fill(body, fields) + " " + SAMPLE_URL).strip()}
+def message_preview(svc: Service, summary: dict, form: dict) -> dict:
+    """The messages of the first recipients as they will get them (the run's own template rules), with
+    their SMS length; or the sentence saying why the message cannot be used."""
+    channel = summary.get("channel")
+    campaign = Campaign(channel=channel, directory="", body=form.get("body", ""), subject=form.get("subject", ""))
+    try:
+        stats = svc.dispatch.message_stats(campaign, summary.get("fields") or [], summary.get("column", ""))
+    except UsageError as exc:
+        return {"error": str(exc), "rows": [], "to": "", "text": "", "fields": {}}
+    rows = [preview_row(svc, stats, item, channel) for item in summary.get("preview") or []]
+    first = rows[0] if rows else {"to": "", "text": "", "fields": {}}
+    return {"error": "", "rows": rows, "to": first["to"], "text": first["text"], "fields": first["fields"]}
 
 
-def fill(template: str, fields: dict[str, str]) -> str:
-    """`{field}` and `{field|fallback}` from one recipient's fields, for the preview only."""
-    out, i = [], 0
-    while i < len(template):
-        end = template.find("}", i)
-        if template[i] == "{" and end > i and "{" not in template[i + 1:end]:
-            name, _, fallback = template[i + 1:end].partition("|")
-            out.append(str(fields.get(name.strip(), "")) or fallback)
-            i = end + 1
-        else:
-            out.append(template[i])
-            i += 1
-    return "".join(out)
+def preview_row(svc: Service, stats, item: dict, channel: str) -> dict:
+    """One recipient's message: text (with the sample link for SMS), segments and encoding."""
+    fields = field_values(item.get("fields") or {})
+    row = {"row": item["row"], "to": item["recipient"], "fields": fields, "segments": 0, "encoding": ""}
+    if stats is None:
+        return {**row, "text": SAMPLE_URL if channel == "sms" else ""}
+    values = stats.plan.values(item["recipient"], item.get("fields") or {})
+    missing = stats.plan.template.missing(values)
+    if missing:
+        return {**row, "text": f"(no value for {missing}: this row would end invalid)"}
+    text = stats.plan.template.render(values)
+    if channel != "sms":
+        return {**row, "text": text}
+    length = sms_length(text, svc.settings.sms_url_length)
+    return {**row, "text": f"{text} {SAMPLE_URL}".strip(), "segments": length.segments, "encoding": length.encoding}
 
 
 # -- / : runs and the upload form ----------------------------------------------------------------
@@ -168,7 +176,7 @@ async def check_page(request: Request, upload_id: str) -> Response:
 
 
 def check_render(request: Request, summary: dict, form: dict, error: str = "", status: int = 200) -> Response:
-    preview = message_preview(summary, form.get("body", ""), form.get("subject", ""))
+    preview = message_preview(service(request), summary, form)
     return render(request, "check.html", {"u": summary, "form": form, "error": error, "preview": preview,
                                           "sample_url": SAMPLE_URL, "delimiter": DELIMITERS.get(
                                               summary.get("delimiter", ""), summary.get("delimiter", ""))}, status)
@@ -180,6 +188,8 @@ async def send(request: Request, upload_id: str) -> Response:
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     check_csrf(request, form.get("csrf"))
     summary = await run_in_threadpool(svc.dispatch.uploads.get, upload_id)
+    if form.get("action") == "preview":
+        return check_render(request, summary, form)
     try:
         campaign = campaign_from_form(request, summary, form)
         run_id = await run_in_threadpool(svc.dispatch.start_from_upload, campaign, upload_id)
@@ -194,7 +204,18 @@ def campaign_from_form(request: Request, summary: dict, form: dict[str, str]) ->
     return Campaign(channel=channel, directory=form.get("directory", "").strip(),
                     body=form.get("body", "").strip() if channel == "sms" else "",
                     subject=form.get("subject", "").strip() if channel == "email" else "",
-                    rate=rate_of(form.get("rate", "")), api_url=sandbox, sandbox=bool(sandbox))
+                    rate=rate_of(form.get("rate", "")), api_url=sandbox, sandbox=bool(sandbox),
+                    send_at=form.get("send_at", "").strip() or None, window=form.get("window", "").strip(),
+                    timezone=form.get("timezone", "").strip(),
+                    max_segments=segments_of(form.get("max_segments", "")) if channel == "sms" else None)
+
+
+def segments_of(text: str) -> int | None:
+    if not text.strip():
+        return None
+    if not text.strip().isdigit():
+        raise UsageError(f"The segment limit must be a whole number, not {text[:20]!r}.")
+    return int(text)
 
 
 def rate_of(text: str) -> float | None:

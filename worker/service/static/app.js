@@ -5,7 +5,9 @@
 (() => {
   const $ = (selector, root = document) => root.querySelector(selector);
   const fill = (text, fields) =>
-    text.replace(/\{([^{}|]*)(?:\|([^{}]*))?\}/g, (_, name, fallback) => fields[name.trim()] || fallback || "");
+    text.replace(/\{([^{}|]*)(?:\|([^{}]*))?\}/g, (_, name, fallback) => fields[fieldName(name)] || fallback || "");
+  // The server's field_name: lower case, runs of other characters than letters and digits become _.
+  const fieldName = (name) => name.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, "_").replace(/^_+|_+$/g, "");
 
   function livePreview() {
     const out = $("#preview-text"), input = $("[data-preview]");
