@@ -91,7 +91,7 @@ def api(service: Served) -> Iterator[httpx.Client]:
 
 
 def post_run(api: httpx.Client, url: str, **fields) -> httpx.Response:
-    body = {"channel": "sms", "directory": "dir_12345", "region": "GB", "body": "Hi {name}",
+    body = {"channel": "sms", "directory": "dir_12345", "region": "GB", "body": "Your coupon:",
             "api_url": url, "sandbox": True, **fields}
     return api.post("/api/runs", json=body)
 
@@ -420,3 +420,19 @@ def test_pause_resume_cancel_retry(api: httpx.Client, sandbox_url: str):
     assert api.post(f"/api/runs/{done}/retry", json={"include_uncertain": "yes"}).status_code == 400
     assert api.post(f"/api/runs/{done}/explode").status_code == 404
     assert api.post("/api/runs/run_never_was/pause").status_code == 404
+
+
+def test_runs_take_the_message_options(api: httpx.Client, sandbox_url: str):
+    """Templates, schedules, windows and segment limits over HTTP, as at the CLI (messages.md)."""
+    unknown = post_run(api, sandbox_url, recipients=[{"phone": phone(300), "name": "A"}], body="Hi {frist}")
+    assert unknown.status_code == 422
+    assert unknown.json()["error"] == "The message uses {frist}, which no column provides; the columns are: phone, name."
+    bad_window = post_run(api, sandbox_url, recipients=[{"phone": phone(301), "name": "A"}], window="9-5")
+    assert bad_window.status_code == 422 and "09:00-20:00" in bad_window.json()["error"]
+    later = post_run(api, sandbox_url, recipients=[{"phone": phone(302), "name": "A"}], run_id=new_id(),
+                     send_at="2999-01-01T09:00:00Z", window="09:00-20:00", timezone="Europe/London",
+                     max_segments=1)
+    assert later.status_code == 201, later.text
+    assert later.json()["state"] == "scheduled" and later.json()["counts"] == {"waiting": 1}
+    assert later.json()["send_at"] == 32472176400.0
+    assert api.post(f"/api/runs/{later.json()['run']}/cancel").json()["changed"] is True
