@@ -67,7 +67,8 @@ def progress(summary: dict) -> dict:
     percent = 100 if summary.get("done") else (int(final * 100 / total) if total else 0)
     return {"percent": min(percent, 100), "sent": counts.get(Status.SENT, 0),
             "failed": sum(counts.get(s, 0) for s in FAILED), "final": final, "total": total,
-            "created": _when(summary.get("created_at")), "finished": _when(summary.get("finished_at"))}
+            "created": _when(summary.get("created_at")), "finished": _when(summary.get("finished_at")),
+            "starts": _when(summary.get("send_at"))}
 
 
 def _when(timestamp: float | None) -> str:
