@@ -52,6 +52,12 @@ class Campaign:
     window: str = ""  # recipients' local send window, "09:00-20:00"
     timezone: str = ""  # IANA zone for recipients whose number has none; default UTC
     max_segments: int | None = None  # SMS: rows whose message needs more segments end invalid
+    # Address columns each row tries in order (after phone_column/email_column when that is set too);
+    # empty: every column with a known header, mobile-like names first.
+    phone_columns: tuple[str, ...] = ()
+    email_columns: tuple[str, ...] = ()
+    allow_landlines: bool = False  # SMS: fixed-line numbers pass (providers that read texts aloud)
+    allow_smtputf8: bool = False  # email: addresses with non-ASCII before the @ pass
 
     def checked(self) -> Campaign:
         """This campaign, or UsageError saying in one sentence what is wrong with it."""
@@ -130,8 +136,13 @@ class Dispatch:
             pass  # account and transport problems are recorded by the run itself, row by row
 
     def ingest_options(self, campaign: Campaign, workers: int = 1) -> IngestOptions:
+        phones, emails = campaign.phone_columns or (), campaign.email_columns or ()
         return IngestOptions(channel=campaign.channel, region=campaign.region,
                              phone_column=campaign.phone_column, email_column=campaign.email_column,
+                             phone_columns=(phones,) if isinstance(phones, str) else tuple(phones),
+                             email_columns=(emails,) if isinstance(emails, str) else tuple(emails),
+                             allow_landlines=bool(campaign.allow_landlines),
+                             allow_smtputf8=bool(campaign.allow_smtputf8),
                              max_bytes=self.settings.max_file_bytes, max_rows=self.settings.max_rows,
                              workers=workers)
 

@@ -52,12 +52,12 @@ class TestEmail:
     @pytest.mark.parametrize("given, expected", [
         ("ann@example.com", "ann@example.com"),
         ("  Ann@Example.COM ", "ann@example.com"),
-        ("bob@xn--mnchen-3ya.de", "bob@münchen.de"),
-        ("bob@MÜNCHEN.de", "bob@münchen.de"),
+        ("bob@xn--mnchen-3ya.de", "bob@xn--mnchen-3ya.de"),
+        ("bob@MÜNCHEN.de", "bob@xn--mnchen-3ya.de"),  # sent in ASCII (punycode) form
         ("mailto:cy@example.org", "cy@example.org"),
     ])
     def test_normalised(self, given, expected):
-        """Emails are trimmed, lower-cased and IDNs put in one form."""
+        """Emails are trimmed, lower-cased and IDNs put in their ASCII (punycode) form."""
         assert normalize_email(given)[:2] == (expected, "")
 
     @pytest.mark.parametrize("given, fragment", [
@@ -93,3 +93,19 @@ class TestNormalizeAddress:
         """An unknown channel or region is an InputError."""
         with pytest.raises(InputError):
             normalize_address(channel, "+447911200101", region)
+
+
+class TestSmsRules:
+    def test_normalize_address_is_lenient(self):
+        """normalize_address (suppression lists) takes a landline or a non-ASCII local part: it is still
+        an address to refuse, even if no SMS or mail could reach it."""
+        assert normalize_address("sms", "0117 496 0860", "GB") == "+441174960860"
+        assert normalize_address("email", "o’brien@example.ie") == "o’brien@example.ie"
+        with pytest.raises(InputError, match="a landline cannot receive SMS"):
+            normalize_address("sms", "0117 496 0860", "GB", allow_landlines=False)
+
+    def test_extension_is_checked_before_letters(self):
+        """A whole number then `ext.`/`x`/`#` is an extension; letters anywhere else are letters."""
+        assert normalize_phone("07911 200101 ext 7", "GB")[1] == "has an extension: an SMS cannot reach one"
+        assert normalize_phone("07911 ext 7", "GB")[1] == "not a phone number (contains letters)"
+        assert normalize_phone("mobile 07911 200101", "GB")[1] == "not a phone number (contains letters)"

@@ -14,32 +14,51 @@ from worker.cli.common import CHANNEL, JSON_OUT, REGION, WAIT, App, finish, pass
 from worker.cli.waiting import await_run
 from worker.client import CoupontoolsClient
 from worker.errors import CoupontoolsError, UsageError
-from worker.ingest import open_recipient_file, summarize
+from worker.ingest import RejectsWriter, open_recipient_file, summarize
 
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @CHANNEL
 @REGION
-@click.option("--phone-column", help="Header of the phone column (found automatically otherwise).")
-@click.option("--email-column", help="Header of the email column (found automatically otherwise).")
+@click.option("--phone-column", "phone_columns", multiple=True, metavar="HEADER",
+              help="Header of a phone column; repeat to set the order rows try them in (default: every "
+                   "phone column found, mobile-like names first).")
+@click.option("--email-column", "email_columns", multiple=True, metavar="HEADER",
+              help="Header of an email column; repeat to set the order rows try them in (default: every "
+                   "email column found).")
+@click.option("--allow-landlines", is_flag=True, help="SMS: accept landline numbers (providers that read "
+              "texts aloud).")
+@click.option("--allow-smtputf8", is_flag=True, help="Email: accept non-ASCII characters before the @.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a verdict per row here.")
+@click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False),
+              help="Write the rows that will not be sent here: every original column plus the reason.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Processes validating in parallel.")
 @click.option("--body", default="", help="SMS text to preview: segments per row, UCS-2 rows, first messages.")
 @click.option("--subject", default="", help="Email subject to preview.")
 @JSON_OUT
 @pass_app
-def validate(app: App, file: str, channel: str, region: str | None, phone_column: str | None,
-             email_column: str | None, report_path: str | None, workers: int, body: str, subject: str,
+def validate(app: App, file: str, channel: str, region: str | None, phone_columns: tuple[str, ...],
+             email_columns: tuple[str, ...], allow_landlines: bool, allow_smtputf8: bool,
+             report_path: str | None, rejects_path: str | None, workers: int, body: str, subject: str,
              as_json: bool) -> None:
     """Read and validate FILE without sending anything (with --body/--subject: the messages too)."""
-    campaign = Campaign(channel=channel, directory="", region=region, phone_column=phone_column,
-                        email_column=email_column, body=body, subject=subject)
+    campaign = Campaign(channel=channel, directory="", region=region, phone_columns=phone_columns,
+                        email_columns=email_columns, allow_landlines=allow_landlines,
+                        allow_smtputf8=allow_smtputf8, body=body, subject=subject)
     recipients = open_recipient_file(file, app.dispatch.ingest_options(campaign, workers))
     stats = app.dispatch.message_stats(campaign, recipients.columns, recipients.address_column)
     verdicts = stats.watch(recipients.iter_verdicts()) if stats else recipients.iter_verdicts()
-    summary = summarize(verdicts, report_path=report_path)
+    rejects = RejectsWriter(rejects_path, recipients.columns) if rejects_path else None
+    try:
+        summary = summarize(rejects.watch(verdicts) if rejects else verdicts, report_path=report_path,
+                            with_column=len(recipients.address_columns) > 1)
+    except BaseException:
+        if rejects:
+            rejects.discard()
+        raise
+    rejected = rejects.close() if rejects else 0
     if stats:
         summary.update(stats.as_dict())
     if as_json:
@@ -52,6 +71,9 @@ def validate(app: App, file: str, channel: str, region: str | None, phone_column
         _print_messages(summary)
     if report_path:
         click.echo(f"Verdict per row written to {report_path}.")
+    if rejects_path:
+        click.echo(f"{rejected} row{'s' if rejected != 1 else ''} that will not be sent written to {rejects_path} "
+                   "(every column plus the reason; duplicates are left out, their first row is sent).")
 
 
 def _print_messages(summary: dict) -> None:
@@ -72,8 +94,13 @@ def _print_messages(summary: dict) -> None:
 @click.option("--subject", default="", help="Email subject.")
 @click.option("--body", default="", help="SMS text; Coupontools appends the directory or coupon URL.")
 @REGION
-@click.option("--phone-column")
-@click.option("--email-column")
+@click.option("--phone-column", "phone_columns", multiple=True, metavar="HEADER",
+              help="Header of a phone column; repeat to set the order rows try them in.")
+@click.option("--email-column", "email_columns", multiple=True, metavar="HEADER",
+              help="Header of an email column; repeat to set the order rows try them in.")
+@click.option("--allow-landlines", is_flag=True, help="SMS: accept landline numbers (providers that read "
+              "texts aloud).")
+@click.option("--allow-smtputf8", is_flag=True, help="Email: accept non-ASCII characters before the @.")
 @click.option("--from-directory-users", is_flag=True, help="Recipients are the directory's registered users.")
 @click.option("--api-url", envvar="COUPONTOOLS_API_URL",
               help="API base URL (the local worker that --wait starts sends there).")
@@ -95,7 +122,8 @@ def _print_messages(summary: dict) -> None:
 @JSON_OUT
 @pass_app
 def send(app: App, file: str | None, channel: str, directory: str, subject: str, body: str,
-         region: str | None, phone_column: str | None, email_column: str | None, from_directory_users: bool,
+         region: str | None, phone_columns: tuple[str, ...], email_columns: tuple[str, ...],
+         allow_landlines: bool, allow_smtputf8: bool, from_directory_users: bool,
          api_url: str | None, sandbox: bool, sandbox_scenario: str | None, sandbox_log: str | None,
          rate: float | None, run_id: str | None, webhook_url: str, send_at: str | None, window: str,
          timezone: str, max_segments: int | None, workers: int, wait: bool, as_json: bool) -> None:
@@ -105,7 +133,8 @@ def send(app: App, file: str | None, channel: str, directory: str, subject: str,
     app = app if sandbox else app.aimed_at(api_url)
     with sandbox_for(sandbox, sandbox_scenario, sandbox_log) as sandbox_url:
         campaign = Campaign(channel=channel, directory=directory, subject=subject, body=body, region=region,
-                            rate=rate, phone_column=phone_column, email_column=email_column,
+                            rate=rate, phone_columns=phone_columns, email_columns=email_columns,
+                            allow_landlines=allow_landlines, allow_smtputf8=allow_smtputf8,
                             api_url=sandbox_url or api_url, sandbox=sandbox, webhook_url=webhook_url,
                             send_at=send_at, window=window, timezone=timezone, max_segments=max_segments)
         if from_directory_users:

@@ -17,11 +17,13 @@ from worker.ingest.decode import detect_encoding
 from worker.ingest.dedupe import DedupeTable
 from worker.ingest.dialect import DELIMITERS, SAMPLE_CHARS, dialect_for, sep_line, sniff
 from worker.ingest.normalize import (
-    NORMALIZERS,
+    LENIENT,
+    Rules,
     check_channel,
     check_region,
     clean,
     normalize_batch,
+    normalizer,
 )
 from worker.ingest.options import IngestOptions, Verdict, make_verdict
 from worker.statuses import Status
@@ -29,14 +31,17 @@ from worker.statuses import Status
 CHUNK_ROWS = 2000  # rows per unit of work for the process pool
 HEAD_BYTES = 64 * 1024
 
-# One row on its way to a verdict: (row, given, country cell or None, fields, reason it is already invalid or '')
-Row = tuple[int, str, "str | None", dict[str, str], str]
+# One row on its way to a verdict: (row, given, country cell or None, fields, reason it is already invalid
+# or '', column). With one address column `given` is its value and `column` its header; with several,
+# both are tuples (the row's values and their headers, in the order to try them) and `fields` holds
+# every column: the one used is taken out when the verdict is made.
+Row = tuple[int, "str | tuple[str, ...]", "str | None", dict[str, str], str, "str | tuple[str, ...]"]
 
 _PENDING, _INVALID, _DUPLICATE = Status.PENDING, Status.INVALID, Status.DUPLICATE
 
 
-def _checked(options: IngestOptions) -> tuple[str, str | None, str | None]:
-    """(channel, default region, explicit column) after checking the options; InputError if wrong."""
+def _checked(options: IngestOptions) -> tuple[str, str | None, tuple[str, ...], Rules]:
+    """(channel, default region, explicit columns, rules) after checking the options; InputError if wrong."""
     if not isinstance(options, IngestOptions):
         raise InputError("Ingest options must be an IngestOptions.")
     channel = check_channel(options.channel)
@@ -47,8 +52,15 @@ def _checked(options: IngestOptions) -> tuple[str, str | None, str | None]:
         value = getattr(options, name)
         if value is not None and (not isinstance(value, int) or value < 0):
             raise InputError(f"{name} must be a whole number of at least 0, not {value!r}.")
-    explicit = options.phone_column if channel == "sms" else options.email_column
-    return channel, region, explicit
+    try:
+        explicit = options.explicit_columns(channel)
+    except TypeError as exc:
+        what = "phone" if channel == "sms" else "email"
+        raise InputError(f"The {what} columns must be given as header names, not {exc.args[0]!r}.") from None
+    for name in ("allow_landlines", "allow_smtputf8"):
+        if not isinstance(getattr(options, name), bool):
+            raise InputError(f"{name} must be True or False, not {getattr(options, name)!r}.")
+    return channel, region, explicit, (options.allow_landlines, options.allow_smtputf8)
 
 
 def _size(n: int) -> str:
@@ -65,7 +77,7 @@ class RecipientFile:
     def __init__(self, path: Path, options: IngestOptions) -> None:
         self.path = path
         self.options = options
-        self.channel, self.region, explicit = _checked(options)
+        self.channel, self.region, explicit, self.rules = _checked(options)
         self.size = self._stat()
         with self._open_binary() as f:
             head = f.read(HEAD_BYTES)
@@ -120,7 +132,7 @@ class RecipientFile:
         except UnicodeDecodeError:  # the file changed under us
             raise InputError(f"{self.path.name} changed while it was being read.") from None
 
-    def _scan(self, explicit: str | None) -> None:
+    def _scan(self, explicit: tuple[str, ...]) -> None:
         """Find the header and the address column, and count the rows (against max_rows)."""
         records = self._records()
         try:
@@ -131,7 +143,7 @@ class RecipientFile:
             try:
                 self._layout = cols.layout(names, self.channel, explicit)
             except InputError:
-                if explicit is not None or not self._headerless(header):
+                if explicit or not self._headerless(header):
                     raise
                 self._has_header = False
                 self._layout = cols.layout((cols.WHAT[self.channel],), self.channel, None)
@@ -149,7 +161,7 @@ class RecipientFile:
         """A single column whose first cell is itself a usable address: a list without a header."""
         if len(header) != 1:
             return False
-        _recipient, reason, _key = NORMALIZERS[self.channel](header[0], self.region)
+        _recipient, reason, _key = normalizer(self.channel, LENIENT)(header[0], self.region)
         return not reason
 
     def _records(self) -> Iterator[list[str]]:
@@ -178,7 +190,13 @@ class RecipientFile:
 
     @property
     def address_column(self) -> str:
+        """The first address column (the one templates name the recipient by)."""
         return self._layout.address_column
+
+    @property
+    def address_columns(self) -> list[str]:
+        """Every address column, in the order each row tries them."""
+        return list(self._layout.address_columns)
 
     @property
     def country_column(self) -> str | None:
@@ -191,18 +209,23 @@ class RecipientFile:
 
     def iter_verdicts(self) -> Iterator[Verdict]:
         """One verdict per data row, in row order; reads the file again on every call."""
-        return _verdicts(self._rows(), self.channel, self.region, self.options.workers, expected=self.rows)
+        return _verdicts(self._rows(), self.channel, self.region, self.options.workers, expected=self.rows,
+                         rules=self.rules)
 
     __iter__ = iter_verdicts
 
     def __repr__(self) -> str:
         return (f"RecipientFile({str(self.path)!r}, encoding={self.encoding!r}, delimiter={self.delimiter!r}, "
-                f"address_column={self.address_column!r}, rows={self.rows})")
+                f"address_columns={self.address_columns!r}, rows={self.rows})")
 
     def _rows(self) -> Iterator[Row]:
         layout = self._layout
+        if len(layout.address_columns) > 1:
+            yield from self._rows_several()
+            return
         width = len(layout.columns)
         address, country = layout.address, layout.country
+        column = layout.address_column
         others = tuple((layout.columns[i], i) for i in layout.others)
         records = self._records()
         if self._has_header:
@@ -217,11 +240,38 @@ class RecipientFile:
                 else:
                     given = clean(cells[address]) if address < n else ""
                     fields = {name: cells[i].strip() for name, i in others if i < n}
-                    yield (row, given, None, fields,
-                           f"row has {n} field{'s' if n != 1 else ''}, the header has {width}")
+                    yield (row, given, None, fields, _ragged(n, width), column)
                     continue
             yield (row, clean(cells[address]), None if country is None else cells[country],
-                   {name: cells[i].strip() for name, i in others}, "")
+                   {name: cells[i].strip() for name, i in others}, "", column)
+
+    def _rows_several(self) -> Iterator[Row]:
+        layout = self._layout
+        width = len(layout.columns)
+        addresses, country = layout.addresses, layout.country
+        names = layout.address_columns
+        every = tuple(enumerate(layout.columns))
+        records = self._records()
+        if self._has_header:
+            next(records, None)
+        row = 0
+        for cells in records:
+            row += 1
+            n = len(cells)
+            if n != width:
+                if n > width and not "".join(cells[width:]).strip():
+                    cells = cells[:width]
+                else:
+                    given = tuple(clean(cells[i]) if i < n else "" for i in addresses)
+                    fields = {name: cells[i].strip() for i, name in every if i < n}
+                    yield (row, given, None, fields, _ragged(n, width), names)
+                    continue
+            yield (row, tuple(clean(cells[i]) for i in addresses), None if country is None else cells[country],
+                   {name: cells[i].strip() for i, name in every}, "", names)
+
+
+def _ragged(n: int, width: int) -> str:
+    return f"row has {n} field{'s' if n != 1 else ''}, the header has {width}"
 
 
 def open_recipient_file(path: str | os.PathLike[str], options: IngestOptions) -> RecipientFile:
@@ -240,10 +290,10 @@ def validate_records(records: Iterable[Mapping[str, str]], options: IngestOption
     """Validation and dedupe for records that did not come from a file; rows are numbered 1..N.
 
     The address is found under the same column aliases as in files ('phone' / 'email' …, or the
-    explicit column option). A Sized input longer than max_rows is refused here; an iterator is refused
-    with InputError when it reaches that many.
+    explicit column options), each record falling back through its address keys in order. A Sized input
+    longer than max_rows is refused here; an iterator is refused with InputError when it reaches that many.
     """
-    channel, region, explicit = _checked(options)
+    channel, region, explicit, rules = _checked(options)
     if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
         raise InputError("Recipients must be an iterable of mappings such as {'phone': '+44…'}.")
     limit = options.max_rows
@@ -251,28 +301,34 @@ def validate_records(records: Iterable[Mapping[str, str]], options: IngestOption
     if limit is not None and expected > limit:
         raise InputError(f"There are {expected:,} recipients; the limit is {limit:,}.")
     return _verdicts(_record_rows(records, channel, explicit, limit), channel, region, options.workers,
-                     expected=expected)
+                     expected=expected, rules=rules)
 
 
-def _record_layout(keys: tuple, channel: str, explicit: str | None) -> tuple[object, object]:
+RecordLayout = tuple[tuple, object]  # (the address keys, in order; the country key or None)
+
+
+def _record_layout(keys: tuple, channel: str, explicit: tuple[str, ...]) -> RecordLayout:
     names = [str(k) for k in keys]
-    index = cols.find_column(names, channel, explicit)
-    if index is None:
-        return None, None
-    country = cols.find_country(names, index) if channel == "sms" else None
-    return keys[index], (None if country is None else keys[country])
+    try:
+        found = cols.find_columns(names, channel, explicit)
+    except KeyError:
+        found = ()  # the named column is not in this record: it has no address
+    if not found:
+        return (), None
+    country = cols.find_country(names, found) if channel == "sms" else None
+    return tuple(keys[i] for i in found), (None if country is None else keys[country])
 
 
-def _record_rows(records: Iterable[Mapping[str, str]], channel: str, explicit: str | None,
+def _record_rows(records: Iterable[Mapping[str, str]], channel: str, explicit: tuple[str, ...],
                  limit: int | None) -> Iterator[Row]:
-    layouts: dict[tuple, tuple[object, object]] = {}
+    layouts: dict[tuple, RecordLayout] = {}
     row = 0
     for record in records:
         row += 1
         if limit is not None and row > limit:
             raise InputError(f"There are more than {limit:,} recipients; the limit is {limit:,}.")
         if not isinstance(record, Mapping):
-            yield row, "", None, {}, "not a record (expected a mapping such as {'phone': '+44…'})"
+            yield row, "", None, {}, "not a record (expected a mapping such as {'phone': '+44…'})", ""
             continue
         try:
             keys = tuple(record.keys())
@@ -281,14 +337,21 @@ def _record_rows(records: Iterable[Mapping[str, str]], channel: str, explicit: s
                 found = _record_layout(keys, channel, explicit)
                 if len(layouts) < 1024:
                     layouts[keys] = found
-            address, country = found
-            given = clean(record.get(address)) if address is not None else ""
+            addresses, country = found
             country_cell = None if country is None else clean(record.get(country))
-            fields = {str(k): clean(v) for k, v in record.items() if k != address}
+            if len(addresses) > 1:
+                given: str | tuple[str, ...] = tuple(clean(record.get(k)) for k in addresses)
+                column: str | tuple[str, ...] = tuple(str(k) for k in addresses)
+                fields = {str(k): clean(v) for k, v in record.items()}
+            else:
+                address = addresses[0] if addresses else None
+                given = clean(record.get(address)) if address is not None else ""
+                column = "" if address is None else str(address)
+                fields = {str(k): clean(v) for k, v in record.items() if k != address}
         except Exception:  # noqa: BLE001 - a record that cannot be read is an invalid row, not a crash
-            yield row, "", None, {}, "this record could not be read"
+            yield row, "", None, {}, "this record could not be read", ""
             continue
-        yield row, given, country_cell, fields, ""
+        yield row, given, country_cell, fields, "", column
 
 
 # -- the pipeline ---------------------------------------------------------------------------------------
@@ -298,13 +361,13 @@ def _batches(rows: Iterator[Row]) -> Iterator[list[Row]]:
         yield batch
 
 
-def _items(batch: list[Row]) -> list[tuple[str, str | None]]:
-    return [(given, country) for _row, given, country, _fields, pre in batch if not pre]
+def _items(batch: list[Row]) -> list[tuple]:
+    return [(given, country) for _row, given, country, _fields, pre, _column in batch if not pre]
 
 
-def _in_process(rows: Iterator[Row], channel: str, region: str | None):
+def _in_process(rows: Iterator[Row], channel: str, region: str | None, rules: Rules):
     for batch in _batches(rows):
-        yield batch, normalize_batch(channel, region, _items(batch))
+        yield batch, normalize_batch(channel, region, _items(batch), rules)
 
 
 def _mp_context():
@@ -312,14 +375,15 @@ def _mp_context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _pooled(rows: Iterator[Row], channel: str, region: str | None, workers: int):
+def _pooled(rows: Iterator[Row], channel: str, region: str | None, workers: int, rules: Rules):
     """Batches normalised by a process pool, a bounded number in flight, yielded in order."""
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
     pending: deque[tuple[list[Row], Future | None]] = deque()
     try:
         for batch in _batches(rows):
             items = _items(batch)
-            pending.append((batch, executor.submit(normalize_batch, channel, region, items) if items else None))
+            pending.append((batch, executor.submit(normalize_batch, channel, region, items, rules)
+                            if items else None))
             if len(pending) > 2 * workers:
                 done, future = pending.popleft()
                 yield done, (future.result() if future is not None else [])
@@ -330,8 +394,23 @@ def _pooled(rows: Iterator[Row], channel: str, region: str | None, workers: int)
         executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _chosen(given: tuple[str, ...], names: tuple[str, ...], fields: dict[str, str], index: int,
+            reason) -> tuple[str, str, str]:
+    """(given, column, reason in words) for a row with several address columns; takes the column used
+    out of `fields` (the others stay)."""
+    column = names[index] if index >= 0 else names[0]
+    fields.pop(column, None)
+    if reason.__class__ is tuple:
+        reason = "; ".join(f"{names[i]}: {why.rstrip('.')}" for i, why in reason)
+    return (given[index] if index >= 0 else ""), column, reason
+
+
+def _first_given(given: tuple[str, ...]) -> int:
+    return next((i for i, value in enumerate(given) if value), -1)
+
+
 def _verdicts(rows: Iterator[Row], channel: str, region: str | None, workers: int,
-              expected: int = 0) -> Iterator[Verdict]:
+              expected: int = 0, rules: Rules = (False, False)) -> Iterator[Verdict]:
     """Normalise (in process or in a pool) and dedupe, in row order.
 
     Dedupe memory is one compact table of 64-bit keys (E.164 digits, or 8 bytes of blake2b of an
@@ -341,22 +420,29 @@ def _verdicts(rows: Iterator[Row], channel: str, region: str | None, workers: in
     make = make_verdict
     if workers > 1 and multiprocessing.current_process().daemon:
         workers = 1  # a daemonic process (a Celery or pool child) may not start processes of its own
-    batches = _in_process(rows, channel, region) if workers == 1 else _pooled(rows, channel, region, workers)
+    batches = (_in_process(rows, channel, region, rules) if workers == 1
+               else _pooled(rows, channel, region, workers, rules))
     try:
         for batch, results in batches:
             result = iter(results)
-            for row, given, _country, fields, pre in batch:
+            for row, given, _country, fields, pre, column in batch:
                 if pre:
-                    yield make(row, given, "", _INVALID, pre, fields)
+                    if given.__class__ is tuple:
+                        given, column, pre = _chosen(given, column, fields, _first_given(given), pre)
+                    yield make(row, given, "", _INVALID, pre, fields, None, column)
                     continue
-                recipient, reason, key = next(result)
+                if given.__class__ is tuple:
+                    recipient, reason, key, index = next(result)
+                    given, column, reason = _chosen(given, column, fields, index, reason)
+                else:
+                    recipient, reason, key = next(result)
                 if reason:
-                    yield make(row, given, "", _INVALID, reason, fields)
+                    yield make(row, given, "", _INVALID, reason, fields, None, column)
                     continue
                 first = first_of(key, row)
                 if first == row:
-                    yield make(row, given, recipient, _PENDING, "", fields)
+                    yield make(row, given, recipient, _PENDING, "", fields, None, column)
                 else:
-                    yield make(row, given, recipient, _DUPLICATE, f"duplicate of row {first}", fields, first)
+                    yield make(row, given, recipient, _DUPLICATE, f"duplicate of row {first}", fields, first, column)
     finally:
         batches.close()
