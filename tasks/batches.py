@@ -14,7 +14,10 @@ from celery import signals
 from tasks.app import app
 from tasks.runtime import producer_dispatch, runtime
 from worker import keys, webhooks
+from dataclasses import fields as dataclass_fields
+
 from worker.campaigns import Campaign
+from worker.errors import UsageError
 from worker.logs import configure
 
 SWEEP_EVERY = 0.5  # seconds between looks for due retries and stopped runs
@@ -60,16 +63,20 @@ def submit_task(self, *, recipients: list[dict], channel: str, directory: str, b
                                    rate=rate, source="celery", **message_options)
 
 
-def create_run_from_records(recipients, *, channel: str, directory: str, body: str = "", subject: str = "",
-                            region: str | None = None, run_id: str | None = None, rate: float = 0.0,
-                            source: str = "python", publish=publish_batch, send_at: str | float | None = None,
-                            window: str = "", timezone: str = "", max_segments: int | None = None) -> str:
-    """`submit()` and the `dispatch.submit` task: the application layer's start_from_records."""
-    campaign = Campaign(channel=channel, directory=directory, body=body or "", subject=subject or "",
-                        region=region, rate=float(rate) if rate else None, send_at=send_at,
-                        window=window or "", timezone=timezone or "", max_segments=max_segments)
+def create_run_from_records(recipients, *, source: str = "python", publish=publish_batch,
+                            **campaign: object) -> str:
+    """`submit()` and the `dispatch.submit` task: the application layer's start_from_records.
+    `campaign` holds worker.campaigns.Campaign's fields (channel, directory, body, send_at, …)."""
+    run_id = campaign.pop("run_id", None)
+    campaign["rate"] = float(campaign["rate"]) if campaign.get("rate") else None
+    for name in ("phone_columns", "email_columns"):  # JSON task arguments bring lists
+        if isinstance(campaign.get(name), list):
+            campaign[name] = tuple(campaign[name])
+    unknown = set(campaign) - {f.name for f in dataclass_fields(Campaign)}
+    if unknown:
+        raise UsageError(f"submit() does not take {', '.join(sorted(unknown))}.")
     dispatch = producer_dispatch().publishing_with(publish)
-    return dispatch.start_from_records(campaign, recipients, run_id=run_id, source=source)
+    return dispatch.start_from_records(Campaign(**campaign), recipients, run_id=run_id, source=source)
 
 
 @signals.worker_process_init.connect

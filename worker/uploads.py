@@ -56,6 +56,7 @@ class Uploads:
                 chunk = []
         self._store(upload_id, chunk, options.channel, counts, problems, preview)
         summary = {"upload": upload_id, **counts, "column": recipients.address_column,
+                   "columns": recipients.address_columns,
                    "encoding": recipients.encoding, "delimiter": recipients.delimiter,
                    "fields": recipients.columns, "problems": problems, "preview": preview,
                    "channel": options.channel, "region": options.region or "", "filename": _shown_name(filename),
@@ -113,13 +114,14 @@ def _count(v: Verdict, suppressed: bool, counts: dict, problems: list, preview: 
 
 
 def _encode(v: Verdict) -> str:
-    return json.dumps([v.row, v.given, v.recipient, v.status.value, v.reason, v.fields, v.duplicate_of],
+    return json.dumps([v.row, v.given, v.recipient, v.status.value, v.reason, v.fields, v.duplicate_of, v.column],
                       ensure_ascii=False, separators=(",", ":"))
 
 
 def _decode(raw: str) -> Verdict:
-    row, given, recipient, status, reason, fields, duplicate_of = json.loads(raw)
-    return make_verdict(row, given, recipient, Status(status), reason, fields, duplicate_of)
+    row, given, recipient, status, reason, fields, duplicate_of, *column = json.loads(raw)
+    return make_verdict(row, given, recipient, Status(status), reason, fields, duplicate_of,
+                        column=column[0] if column else "")
 
 
 def _shown_name(filename: str) -> str:

@@ -20,6 +20,7 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,11 @@ HASH_CHUNK = 1 << 20  # bytes read at a time when hashing (flat memory for any s
 SETTINGS_FIELDS: dict[str, tuple[type, ...]] = {
     "channel": (str,), "directory": (str,), "body": (str,), "subject": (str,), "region": (str,),
     "rate": (int, float), "phone_column": (str,), "email_column": (str,), "webhook_url": (str,),
+    "send_at": (str,), "window": (str,), "timezone": (str,), "max_segments": (int,),
+    "phone_columns": (list,), "email_columns": (list,), "allow_landlines": (bool,), "allow_smtputf8": (bool,),
 }
+KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", list: "a list of column names",
+              bool: "true or false"}
 REQUIRED_SETTINGS = ("channel", "directory")
 UNEXPECTED = "The file could not be processed because of an unexpected error (see the watcher's log)."
 
@@ -276,9 +281,12 @@ def read_settings(path: Path) -> dict[str, Any]:
                           f"{', '.join(SETTINGS_FIELDS)}.")
     for name, value in data.items():
         kinds = SETTINGS_FIELDS[name]
-        if isinstance(value, bool) or not isinstance(value, kinds):
-            wanted = "a number" if float in kinds else "a string"
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds) or (
+                isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+            wanted = KIND_NAMES[float if float in kinds else kinds[0]]
             raise ConfigError(f"{path.name}: {name} must be {wanted}, not {type(value).__name__}.")
+        if isinstance(value, list):
+            data[name] = tuple(value)
     missing = [name for name in REQUIRED_SETTINGS if not data.get(name)]
     if missing:
         raise ConfigError(f"{path.name} has no {' and no '.join(missing)}.")
@@ -287,9 +295,9 @@ def read_settings(path: Path) -> dict[str, Any]:
 
 def canonical_settings(campaign: Campaign) -> str:
     """The settings that shape a run, as canonical JSON (not the sandbox's URL, which changes per start)."""
-    fields = asdict(campaign)
-    fields.pop("api_url")
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    defaults = {f.name: f.default for f in dataclass_fields(Campaign)}
+    chosen = {k: v for k, v in asdict(campaign).items() if k != "api_url" and v != defaults.get(k)}
+    return json.dumps(chosen, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 # -- small helpers --------------------------------------------------------------------------

@@ -223,3 +223,18 @@ def test_the_send_form_takes_a_schedule_a_window_and_a_segment_limit(browser: ht
     assert summary["state"] == "scheduled" and summary["counts"] == {"waiting": 1}
     assert browser.post(f"/runs/{run}/cancel", data={"csrf": csrf_of(browser.get("/").text)}).status_code == 303
     assert browser.get(f"/api/runs/{run}").json()["counts"] == {"cancelled": 1}
+
+
+def test_the_check_page_offers_the_rejected_rows_to_fix_in_the_crm(browser: httpx.Client) -> None:
+    """CRM exports: several phone columns fall back per row, a landline is refused for SMS, and the
+    check page links the rejects CSV (every original column plus the reason)."""
+    body = ("Name,Phone,Mobile\nAnn,,+447911000050\nBob,+447911000051,\nCy,0117 496 0860,\n").encode()
+    check = upload(browser, body, region="GB").headers["location"]
+    page = browser.get(check).text
+    assert "a landline cannot receive SMS" in page
+    link = re.search(r'href="(/api/uploads/up_[0-9a-f]+/rejects)"', page).group(1)
+    rejects = browser.get(link)
+    assert rejects.status_code == 200 and rejects.headers["content-type"].startswith("text/csv")
+    assert rejects.text.splitlines() == ["Name,Phone,Mobile,reason", "Cy,0117 496 0860,,a landline cannot receive SMS"]
+    landlines_ok = upload(browser, body, region="GB", allow_landlines="1").headers["location"]
+    assert "a landline cannot receive SMS" not in browser.get(landlines_ok).text

@@ -3,9 +3,11 @@ every rule; Redis work runs in the threadpool so the event loop only moves bytes
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import structlog
@@ -16,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from worker import metrics, reports
 from worker.campaigns import FINISHED_STATES, Campaign
+from worker.ingest import rejects_rows
 from worker.runs import check_run_id
 from worker.service.app import HTTPProblem, Service
 from worker.service.receive import check_upload, receive_upload
@@ -25,7 +28,7 @@ log = structlog.get_logger("dispatch.service.api")
 router = APIRouter(prefix="/api")
 metrics_router = APIRouter()
 
-UPLOAD_FIELDS = ("upload", "rows", "valid", "invalid", "duplicates", "suppressed", "column", "encoding",
+UPLOAD_FIELDS = ("upload", "rows", "valid", "invalid", "duplicates", "suppressed", "column", "columns", "encoding",
                  "delimiter", "fields", "problems", "channel", "region", "filename", "expires_at")
 ACTIONS = ("pause", "resume", "cancel", "retry")
 EVENT_EVERY = 0.5  # seconds between progress events (the spec asks for at least one a second)
@@ -95,6 +98,36 @@ async def create_upload(request: Request) -> JSONResponse:
     return JSONResponse({k: summary.get(k) for k in UPLOAD_FIELDS}, status_code=201)
 
 
+@router.get("/uploads/{upload_id}")
+def upload_summary(request: Request, upload_id: str) -> JSONResponse:
+    """A checked upload's summary (as POST /api/uploads answered it), while it is kept."""
+    summary = service(request).dispatch.uploads.get(upload_id)
+    return JSONResponse({k: summary.get(k) for k in UPLOAD_FIELDS})
+
+
+@router.get("/uploads/{upload_id}/rejects")
+def upload_rejects(request: Request, upload_id: str) -> StreamingResponse:
+    """The rows of an upload that will not be sent: every original column plus the reason, as CSV
+    ready to fix in the CRM and upload again (the same file as `validate --rejects`)."""
+    dispatch = service(request).dispatch
+    summary = dispatch.uploads.get(upload_id)  # 404 before the first byte
+    rows = rejects_rows(dispatch.uploads.verdicts(upload_id), summary.get("fields") or [])
+    return StreamingResponse(_csv_lines(rows), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="{upload_id}-rejects.csv"'})
+
+
+def _csv_lines(rows) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for i, row in enumerate(rows, 1):
+        writer.writerow(row)
+        if i % 1000 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
 # -- starting runs --------------------------------------------------------------------------------------
 class RunRequest(BaseModel):
     """The body of POST /api/runs: an upload ID or a list of recipients, and the campaign."""
@@ -117,12 +150,18 @@ class RunRequest(BaseModel):
     window: str = ""
     timezone: str = ""
     max_segments: int | None = None
+    phone_columns: list[str] = []
+    email_columns: list[str] = []
+    allow_landlines: bool = False
+    allow_smtputf8: bool = False
 
     def campaign(self, channel: str) -> Campaign:
         return Campaign(channel=channel, directory=self.directory, body=self.body, subject=self.subject,
                         region=self.region or None, rate=self.rate, api_url=self.api_url or None,
                         sandbox=self.sandbox, webhook_url=self.webhook_url, send_at=self.send_at,
-                        window=self.window, timezone=self.timezone, max_segments=self.max_segments)
+                        window=self.window, timezone=self.timezone, max_segments=self.max_segments,
+                        phone_columns=tuple(self.phone_columns), email_columns=tuple(self.email_columns),
+                        allow_landlines=self.allow_landlines, allow_smtputf8=self.allow_smtputf8)
 
 
 def parse_run_request(body: Any, max_rows: int) -> RunRequest:

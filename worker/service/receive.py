@@ -216,12 +216,22 @@ def campaign_of(fields: dict[str, str]) -> Campaign:
     if channel not in CHANNELS:
         raise HTTPProblem(422, f"The channel must be sms or email, not {channel[:40]!r}.")
     return Campaign(channel=channel, directory=fields.get("directory", "").strip(),
-                    region=_optional(fields, "region"), phone_column=_optional(fields, "phone_column"),
-                    email_column=_optional(fields, "email_column"))
+                    region=_optional(fields, "region"), phone_columns=_names(fields, "phone_column"),
+                    email_columns=_names(fields, "email_column"), allow_landlines=_flag(fields, "allow_landlines"),
+                    allow_smtputf8=_flag(fields, "allow_smtputf8"))
 
 
 def _optional(fields: dict[str, str], name: str) -> str | None:
     return fields.get(name, "").strip() or None
+
+
+def _names(fields: dict[str, str], name: str) -> tuple[str, ...]:
+    """Column names, comma-separated in their fallback order ("Mobile, Phone")."""
+    return tuple(part.strip() for part in fields.get(name, "").split(",") if part.strip())
+
+
+def _flag(fields: dict[str, str], name: str) -> bool:
+    return fields.get(name, "").strip().lower() in ("1", "on", "true", "yes")
 
 
 def check_upload(service: Service, received: ReceivedUpload) -> dict:
