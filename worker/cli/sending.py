@@ -65,7 +65,7 @@ def validate(app: App, file: str, channel: str, region: str | None, phone_column
         click.echo(json.dumps(summary, ensure_ascii=False))
         return
     click.echo(f"{file}: {summary['rows']} rows, {summary['valid']} valid, {summary['invalid']} invalid, "
-               f"{summary['duplicates']} duplicates (column {recipients.address_column!r}, "
+               f"{summary['duplicates']} duplicates ({_columns_said(recipients.address_columns)}, "
                f"{recipients.encoding}, delimiter {recipients.delimiter!r}).")
     if stats:
         _print_messages(summary)
@@ -74,6 +74,12 @@ def validate(app: App, file: str, channel: str, region: str | None, phone_column
     if rejects_path:
         click.echo(f"{rejected} row{'s' if rejected != 1 else ''} that will not be sent written to {rejects_path} "
                    "(every column plus the reason; duplicates are left out, their first row is sent).")
+
+
+def _columns_said(columns: list[str]) -> str:
+    if len(columns) == 1:
+        return f"column {columns[0]!r}"
+    return "columns " + ", then ".join(repr(c) for c in columns)
 
 
 def _print_messages(summary: dict) -> None:
