@@ -774,3 +774,19 @@ def test_a_finished_run_reopened_by_retry_stays_with_the_sweepers(redis_url):
     store.redis.hset(keys.run("r1"), "state", RunState.CANCELLED)
     store.redis.sadd(keys.ACTIVE, "r1")
     assert store._leave_active(keys=[keys.run("r1"), keys.ACTIVE], args=["r1"]) == 0  # not yet finalized
+
+
+def test_a_row_claimed_before_the_start_by_a_clock_ahead_is_queued_for_it(redis_url):
+    """Clock skew: a worker whose clock passed send_at claims a row before the producer (whose clock
+    has not) closes the recording as `scheduled`; a release then puts the row into `due`, never
+    nowhere (it would wait for the stall healer)."""
+    store = Runs(redis.Redis.from_url(redis_url, decode_responses=True))
+    ops = Ops("skew", "sms")
+    store.redis.hset(keys.run("skew"), mapping={"state": RunState.QUEUING, "channel": "sms", "recorded": "0",
+                                                "send_at": 10})
+    store.scripts(ops.put_rows(1, [(1, Status.WAITING, runs_module.record(Status.WAITING, phone(1), due=10))]))
+    assert [c.row for c in store.scripts(ops.claim("t:1", 12, [1])).claimed] == [1]
+    assert store.scripts(ops.close_recording(5, 1)) == RunState.SCHEDULED
+    store.scripts(ops.release("t:1", 13, 13, [1]))
+    assert store.redis.zscore(keys.due("skew"), "1") is not None
+    assert Record.decode(store.redis.hget(keys.rows("skew"), "1")).status == Status.PENDING

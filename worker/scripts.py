@@ -106,11 +106,14 @@ local function end_stopped(row, rec, state)
   save(row, rec)
 end
 local function set_aside(row, rec, state)
-  -- an open row that may not be sent now: park it (paused) or end it (stopped)
+  -- an open row that may not be sent now: park it (paused), end it (stopped), or queue it for the
+  -- start (scheduled: a worker whose clock ran ahead of the producer's claimed it before the start)
   if state == 'paused' then
     redis.call('SADD', K_PARKED, row)
   elseif is_stopped(state) then
     end_stopped(row, rec, state)
+  elseif state == 'scheduled' then
+    redis.call('ZADD', K_DUE, tonumber(rec[R_DUE]) or 0, row)
   end
 end
 local function queue_again(row, rec, state, when)

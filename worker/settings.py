@@ -93,7 +93,7 @@ _NUMERIC = {
     "max_file_bytes": int, "max_rows": int, "stall_timeout": float, "min_replicas": int,
     "sms_url_length": int,
 }
-_MAY_BE_ZERO = frozenset({"min_replicas"})
+_MAY_BE_ZERO = frozenset({"min_replicas", "sms_url_length"})
 
 
 def _number(name: str, raw: str, kind: type) -> int | float:
