@@ -6,6 +6,7 @@ that starts a few seconds ahead, a window that opens in a few seconds in one zon
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -351,3 +352,20 @@ class TestSendWindows:
 def stored_row(store, run_id: str, row: int) -> Record:
     """A row's record as the state scripts keep it (its status and due time)."""
     return Record.decode(store.redis.hget(keys.rows(run_id), str(row)))
+
+
+def test_validate_previews_the_messages_and_their_length(dispatch_env, tmp_path):
+    """`validate --body` (messages.md): segments per row, UCS-2 rows and the first three messages in
+    --json; --max-segments counts the rows over the limit; a bad window is refused as by send."""
+    csv = tmp_path / "people.csv"
+    csv.write_text("Phone,First Name\n+447911200101,Ann\n+447911200202,\n+447911200303,Жанна\n"
+                   "+447911200404,Bo\n", encoding="utf-8")
+    result = run_dispatch(dispatch_env, "validate", str(csv), "--channel", "sms", "--body", "Hi {first_name|there}:",
+                          "--max-segments", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["segments"] == {"1": 4} and summary["ucs2"] == 1 and summary["over_limit"] == 0
+    assert summary["preview"] == [{"row": 1, "text": "Hi Ann:"}, {"row": 2, "text": "Hi there:"},
+                                  {"row": 3, "text": "Hi Жанна:"}]
+    refused = run_dispatch(dispatch_env, "validate", str(csv), "--channel", "sms", "--window", "9-5")
+    assert refused.returncode == 2 and "HH:MM-HH:MM" in refused.stderr

@@ -173,12 +173,13 @@ class Dispatch:
     def message_stats(self, campaign: Campaign, columns: list[str], address_column: str) -> MessageStats | None:
         """For `validate --body/--subject`: the template checked against the columns, and a collector
         of segment counts and previews (None without a message)."""
+        spec = RunSpec(channel=campaign.channel, directory="", body=campaign.body, subject=campaign.subject,
+                       window=campaign.window, timezone=campaign.timezone, send_at=parse_send_at(campaign.send_at),
+                       max_segments=campaign.max_segments or 0, address_field=field_name(address_column))
+        spec = replace(spec, fields=Plan.stored_fields(spec, columns))
+        plan = self.plan(spec)  # a bad window or time zone is refused here, as `send` would
         if not (campaign.body if campaign.channel == "sms" else campaign.subject):
             return None
-        spec = RunSpec(channel=campaign.channel, directory="", body=campaign.body, subject=campaign.subject,
-                       window=campaign.window, timezone=campaign.timezone, address_field=field_name(address_column))
-        spec = replace(spec, fields=Plan.stored_fields(spec, columns))
-        plan = self.plan(spec)
         plan.check([*columns, address_column])
         return MessageStats(plan)
 

@@ -169,6 +169,7 @@ class MessageStats:
         self.segments: dict[int, int] = {}
         self.ucs2 = 0
         self.missing = 0
+        self.over_limit = 0  # rows whose message needs more segments than --max-segments
         self.preview: list[dict] = []
 
     def watch(self, verdicts: Iterable) -> Iterable:
@@ -188,6 +189,8 @@ class MessageStats:
             length = sms_length(text, self.plan.url_length)
             self.segments[length.segments] = self.segments.get(length.segments, 0) + 1
             self.ucs2 += length.encoding == "ucs2"
+            limit = self.plan.spec.max_segments
+            self.over_limit += bool(limit) and length.segments > limit
         if len(self.preview) < self.PREVIEW_ROWS:
             self.preview.append({"row": row, "text": text})
 
@@ -195,4 +198,6 @@ class MessageStats:
         found = {"preview": self.preview, "missing_fields": self.missing}
         if self.plan.channel == "sms":
             found.update({"segments": {str(k): v for k, v in sorted(self.segments.items())}, "ucs2": self.ucs2})
+            if self.plan.spec.max_segments:
+                found["over_limit"] = self.over_limit
         return found

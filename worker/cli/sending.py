@@ -37,16 +37,21 @@ from worker.ingest import RejectsWriter, open_recipient_file, summarize
               help="Processes validating in parallel.")
 @click.option("--body", default="", help="SMS text to preview: segments per row, UCS-2 rows, first messages.")
 @click.option("--subject", default="", help="Email subject to preview.")
+@click.option("--max-segments", type=click.IntRange(min=1), help="Count the SMS rows that would need more segments.")
+@click.option("--send-at", metavar="WHEN", help="Checked as for send (preview only).")
+@click.option("--window", metavar="HH:MM-HH:MM", default="", help="Checked as for send (preview only).")
+@click.option("--timezone", default="", metavar="ZONE", help="Checked as for send (preview only).")
 @JSON_OUT
 @pass_app
 def validate(app: App, file: str, channel: str, region: str | None, phone_columns: tuple[str, ...],
              email_columns: tuple[str, ...], allow_landlines: bool, allow_smtputf8: bool,
              report_path: str | None, rejects_path: str | None, workers: int, body: str, subject: str,
-             as_json: bool) -> None:
+             max_segments: int | None, send_at: str | None, window: str, timezone: str, as_json: bool) -> None:
     """Read and validate FILE without sending anything (with --body/--subject: the messages too)."""
     campaign = Campaign(channel=channel, directory="", region=region, phone_columns=phone_columns,
                         email_columns=email_columns, allow_landlines=allow_landlines,
-                        allow_smtputf8=allow_smtputf8, body=body, subject=subject)
+                        allow_smtputf8=allow_smtputf8, body=body, subject=subject, max_segments=max_segments,
+                        send_at=send_at, window=window, timezone=timezone)
     recipients = open_recipient_file(file, app.dispatch.ingest_options(campaign, workers))
     stats = app.dispatch.message_stats(campaign, recipients.columns, recipients.address_column)
     verdicts = stats.watch(recipients.iter_verdicts()) if stats else recipients.iter_verdicts()
@@ -87,6 +92,8 @@ def _print_messages(summary: dict) -> None:
         spread = ", ".join(f"{rows} need {n} segment{'s' if n != '1' else ''}"
                            for n, rows in summary["segments"].items()) or "no valid rows"
         click.echo(f"SMS length: {spread}; {summary['ucs2']} UCS-2.")
+        if "over_limit" in summary:
+            click.echo(f"{summary['over_limit']} rows need more segments than the limit (they would end invalid).")
     if summary["missing_fields"]:
         click.echo(f"{summary['missing_fields']} valid rows lack a value the message needs (they would end invalid).")
     for item in summary["preview"]:
