@@ -84,8 +84,8 @@ def reconciling(run_id: str) -> str:
 
 def run_keys(run_id: str) -> list[str]:
     """Every key of one run (what `forget` deletes)."""
-    return [run(run_id), rows(run_id), row_fields(run_id), counts(run_id), due(run_id), parked(run_id), deliveries(run_id),
-            hold(run_id), leases(run_id), reconciling(run_id), rate(run_id)]
+    return [run(run_id), rows(run_id), row_fields(run_id), counts(run_id), due(run_id), parked(run_id),
+            deliveries(run_id), hold(run_id), leases(run_id), reconciling(run_id), rate(run_id)]
 
 
 def script_keys(run_id: str, channel: str) -> list[str]:

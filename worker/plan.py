@@ -133,12 +133,6 @@ class Plan:
         return AtSend(text=self.template.render(values))
 
 
-def check_plan_options(spec: RunSpec) -> None:
-    """Every message option of the spec, or UsageError in one sentence (parsed once here)."""
-    Plan(spec)
-    if spec.max_segments < 0:
-        raise UsageError("--max-segments must be a positive number of segments.")
-
 
 def parse_send_at(value: str | float | None) -> float:
     """`--send-at`: ISO 8601 with an offset (`2026-12-01T09:00:00+01:00`, `…Z`) or unix seconds → unix

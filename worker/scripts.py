@@ -32,8 +32,9 @@ Transitions (statuses in worker.statuses):
 
 A run completes (state `completed`) only once its recording is closed (`recorded` = 1) and no row is
 pending, in_flight, retry_wait or waiting. A run whose `send_at` lies ahead is `scheduled` once recorded
-(the sweepers make it `running` when its time comes); its rows wait in `due` until then. Every open row is, at every moment, in a queued or running batch, in
-`due` or `parked`, or found again by reconcile (the sweepers' cure for lost messages and dead owners).
+(the sweepers make it `running` when its time comes); its rows wait in `due` until then. Every open
+row is, at every moment, in a queued or running batch, in `due` or `parked`, or found again by
+reconcile (the sweepers' cure for lost messages and dead owners).
 """
 from __future__ import annotations
 

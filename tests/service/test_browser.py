@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.conftest import WorkerProcess
-from tests.service.conftest import TOKEN, Served, start_service, stop_service
+from tests.service.conftest import Served, start_service, stop_service
 
 CHROMIUM = os.environ.get("DISPATCH_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

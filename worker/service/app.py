@@ -48,7 +48,7 @@ def create_app(settings: Settings, publish: Publisher, token: str) -> FastAPI:
     from worker.service import api, pages
 
     app = FastAPI(title="Coupontools dispatch", version="1", docs_url="/docs", redoc_url=None)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))  # Starlette escapes .html templates (select_autoescape)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))  # .html templates are autoescaped
     app.state.service = Service(settings, Dispatch(settings, publish), Guard(token), templates)
     app.state.sandbox_url = None  # set by `serve --sandbox`: runs go to that sandbox by default
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
