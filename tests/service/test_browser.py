@@ -129,6 +129,11 @@ def test_upload_check_send_watch_filter_download(page: Page, shots: Path, tmp_pa
     page.get_by_label(re.compile("Text before the link")).fill("Hi {name|there}, your summer coupon:")
     expect(page.locator("#preview-text")).to_have_text(re.compile(r"^Hi Ann, your summer coupon: https://"))
     expect(page.get_by_role("note")).to_have_text("Sandbox: nothing is really sent")
+    page.get_by_role("button", name="Preview the messages").click()  # the server renders them, with segments
+    previews = page.locator("table.previews tbody tr")
+    expect(previews).to_have_count(3)
+    expect(previews.first).to_contain_text("Hi Ann, your summer coupon: https://")
+    expect(previews.first.locator("td").last).to_have_text("1")
     screenshot(page, shots, "check-page.png")
 
     page.get_by_role("button", name="Send to 44 recipients").click()

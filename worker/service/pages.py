@@ -128,8 +128,11 @@ def preview_row(svc: Service, stats, item: dict, channel: str) -> dict:
     """One recipient's message: text (with the sample link for SMS), segments and encoding."""
     fields = field_values(item.get("fields") or {})
     row = {"row": item["row"], "to": item["recipient"], "fields": fields, "segments": 0, "encoding": ""}
+    if stats is None and channel == "sms":
+        length = sms_length("", svc.settings.sms_url_length)
+        return {**row, "text": SAMPLE_URL, "segments": length.segments, "encoding": length.encoding}
     if stats is None:
-        return {**row, "text": SAMPLE_URL if channel == "sms" else ""}
+        return {**row, "text": ""}
     values = stats.plan.values(item["recipient"], item.get("fields") or {})
     missing = stats.plan.template.missing(values)
     if missing:
