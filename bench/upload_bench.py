@@ -28,6 +28,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from worker.cli.waiting import stop_process  # noqa: E402
+from worker.redis_server import EmbeddedRedis  # noqa: E402
+
 INVALID_EVERY = 100_000  # one row in this many is not a phone number
 SAMPLE_EVERY = 0.05  # seconds between memory samples
 
@@ -145,36 +150,9 @@ def running_service(home: Path, token: str) -> Iterator[tuple[str, subprocess.Po
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}", process
     finally:
-        stop(process)
-        stop_redis(home / "redis")
-
-
-def stop(process: subprocess.Popen, grace: float = 2.0) -> None:
-    """SIGTERM to the service's process group, SIGKILL after `grace` seconds (an upload still being
-    validated in its threadpool would otherwise hold uvicorn's graceful shutdown)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def stop_redis(directory: Path, grace: float = 10.0) -> None:
-    """Stop the embedded Redis the service started (it daemonizes, so it is no child of ours)."""
-    try:
-        pid = int((directory / "redis.pid").read_text().strip())
-    except (OSError, ValueError):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)  # ProcessLookupError once it is gone
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
+        # SIGTERM to the group: an upload still validating in the threadpool would hold uvicorn's shutdown
+        stop_process(process, 2.0, term_group=True)
+        EmbeddedRedis(home / "redis").stop()
 
 
 # -- the measurements ---------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ def _publish(run_id: str, rows: list[int]) -> None:
 
 
 def _run_store(settings: Settings, url: str) -> Runs:
-    return Runs(connect(url), batch_size=settings.batch_size, stall_timeout=settings.stall_timeout)
+    return Runs(connect(url), batch_size=settings.batch_size, stall_timeout=settings.stall_timeout,
+                webhook_url=settings.webhook_url)
 
 
 def runtime() -> Runtime:

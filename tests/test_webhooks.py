@@ -147,14 +147,13 @@ class TestAnnouncing:
         assert body["state"] == "aborted" and body["reason"] == "error 999: test"
         assert body["counts"] == {"aborted": 2}
 
-    def test_no_url_no_announcement_and_the_workers_url_by_default(self, client, receiver, monkeypatch):
-        monkeypatch.delenv("DISPATCH_WEBHOOK_URL", raising=False)
+    def test_no_url_no_announcement_and_the_workers_url_by_default(self, client, receiver):
         store, quiet = new_run(client)
         complete(store, quiet)
         store.sweep(lambda run, rows: None)
         assert outbox(client) == [] and not client.sismember(keys.ACTIVE, quiet)
         url = receiver().url
-        monkeypatch.setenv("DISPATCH_WEBHOOK_URL", url)
+        store.webhook_url = url  # the worker's DISPATCH_WEBHOOK_URL (tasks.runtime hands it to Runs)
         _, loud = new_run(client)
         complete(store, loud)
         store.sweep(lambda run, rows: None)

@@ -43,8 +43,6 @@ class Campaign:
     subject: str = ""
     region: str | None = None
     rate: float | None = None
-    phone_column: str | None = None
-    email_column: str | None = None
     api_url: str | None = None  # a run's own API URL: an allowed one, or any URL with sandbox=True
     sandbox: bool = False  # send with the sandbox's public credentials instead of the workers' own
     webhook_url: str = ""
@@ -52,8 +50,8 @@ class Campaign:
     window: str = ""  # recipients' local send window, "09:00-20:00"
     timezone: str = ""  # IANA zone for recipients whose number has none; default UTC
     max_segments: int | None = None  # SMS: rows whose message needs more segments end invalid
-    # Address columns each row tries in order (after phone_column/email_column when that is set too);
-    # empty: every column with a known header, mobile-like names first.
+    # Address columns each row tries in order; empty: every column with a known header, mobile-like
+    # names first.
     phone_columns: tuple[str, ...] = ()
     email_columns: tuple[str, ...] = ()
     allow_landlines: bool = False  # SMS: fixed-line numbers pass (providers that read texts aloud)
@@ -93,7 +91,7 @@ class Dispatch:
     def runs(self) -> Runs:
         if self._runs is None:
             self._runs = Runs(connect(resolve_redis_url(self.settings)), batch_size=self.settings.batch_size,
-                              stall_timeout=self.settings.stall_timeout)
+                              stall_timeout=self.settings.stall_timeout, webhook_url=self.settings.webhook_url)
         return self._runs
 
     def publishing_with(self, publish: Publisher) -> Dispatch:
@@ -138,7 +136,6 @@ class Dispatch:
     def ingest_options(self, campaign: Campaign, workers: int = 1) -> IngestOptions:
         phones, emails = campaign.phone_columns or (), campaign.email_columns or ()
         return IngestOptions(channel=campaign.channel, region=campaign.region,
-                             phone_column=campaign.phone_column, email_column=campaign.email_column,
                              phone_columns=(phones,) if isinstance(phones, str) else tuple(phones),
                              email_columns=(emails,) if isinstance(emails, str) else tuple(emails),
                              allow_landlines=bool(campaign.allow_landlines),

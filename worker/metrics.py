@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from worker import keys
+from worker.redis_server import as_text
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)  # seconds; +Inf implied
@@ -108,11 +109,6 @@ class Tally:
             raise
 
 
-def count(client: redis.Redis, name: str, n: int = 1) -> None:
-    """One counter increment from synchronous code (the sweeper's webhook deliveries)."""
-    client.hincrby(keys.METRICS, name, n)
-
-
 # -- reading ----------------------------------------------------------------------------------------
 def render(client: redis.Redis, now: float | None = None) -> bytes:
     """The Prometheus text exposition of every worker's counters and the open runs' gauges."""
@@ -131,16 +127,12 @@ def _read(client: redis.Redis, now: float) -> tuple[dict[str, str], Counter[str]
     if active:
         with client.pipeline(transaction=False) as pipe:
             for run_id in active:
-                pipe.hgetall(keys.counts(_text(run_id))).zcount(keys.leases(_text(run_id)), f"({now}", "+inf")
+                pipe.hgetall(keys.counts(as_text(run_id))).zcount(keys.leases(as_text(run_id)), f"({now}", "+inf")
             answers = pipe.execute()
         for counts, live in zip(answers[0::2], answers[1::2]):
-            rows.update({_text(status): int(n) for status, n in counts.items()})
+            rows.update({as_text(status): int(n) for status, n in counts.items()})
             leases += int(live)
-    return {_text(k): _text(v) for k, v in counters.items()}, rows, leases, int(workers)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    return {as_text(k): as_text(v) for k, v in counters.items()}, rows, leases, int(workers)
 
 
 class _Snapshot(Collector):

@@ -190,6 +190,11 @@ def check_noeviction(client: redis.Redis, url: str) -> None:
                           "set maxmemory-policy to noeviction.")
 
 
+def as_text(value: str | bytes) -> str:
+    """A Redis answer as text, from a client with or without decode_responses."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _redact(url: str) -> str:
     """The URL without its password."""
     if "@" not in url:

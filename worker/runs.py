@@ -126,8 +126,10 @@ def record(status: str, recipient: str, *, attempts: int = 0, code: int = 0, mes
 class Runs:
     """Run bookkeeping over one Redis connection."""
 
-    def __init__(self, client: redis.Redis, *, batch_size: int = 2000, stall_timeout: float = 180.0) -> None:
+    def __init__(self, client: redis.Redis, *, batch_size: int = 2000, stall_timeout: float = 180.0,
+                 webhook_url: str | None = None) -> None:
         self.redis = client
+        self.webhook_url = webhook_url  # where finished runs without a webhook_url of their own are announced
         self.batch_size = batch_size
         self.stall_timeout = stall_timeout
         self.scripts = Scripts(client)
@@ -362,7 +364,7 @@ class Runs:
         state = meta.get("state")
         if not meta or state == RunState.COMPLETED or (state in STOPPED_STATES and meta.get("finished_at")):
             if meta:
-                announce_finished(self.redis, run_id, meta)  # once per finish, before the run leaves
+                announce_finished(self.redis, run_id, meta, self.webhook_url)  # once per finish, before it leaves
             self._leave_active(keys=[keys.run(run_id), keys.ACTIVE], args=[run_id])
             return 0
         ops = Ops(run_id, meta["channel"])

@@ -39,12 +39,11 @@ SETTLE_SECONDS = 2.0
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing (flat memory for any size)
 SETTINGS_FIELDS: dict[str, tuple[type, ...]] = {
     "channel": (str,), "directory": (str,), "body": (str,), "subject": (str,), "region": (str,),
-    "rate": (int, float), "phone_column": (str,), "email_column": (str,), "webhook_url": (str,),
+    "rate": (int, float), "phone_column": (str, list), "email_column": (str, list), "webhook_url": (str,),
     "send_at": (str,), "window": (str,), "timezone": (str,), "max_segments": (int,),
-    "phone_columns": (list,), "email_columns": (list,), "allow_landlines": (bool,), "allow_smtputf8": (bool,),
+    "allow_landlines": (bool,), "allow_smtputf8": (bool,),
 }
-KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", list: "a list of column names",
-              bool: "true or false"}
+KIND_NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
 REQUIRED_SETTINGS = ("channel", "directory")
 UNEXPECTED = "The file could not be processed because of an unexpected error (see the watcher's log)."
 
@@ -283,10 +282,13 @@ def read_settings(path: Path) -> dict[str, Any]:
         kinds = SETTINGS_FIELDS[name]
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds) or (
                 isinstance(value, list) and not all(isinstance(v, str) for v in value)):
-            wanted = KIND_NAMES[float if float in kinds else kinds[0]]
+            wanted = "a header or a list of headers" if list in kinds else KIND_NAMES[float if float in kinds
+                                                                                     else kinds[0]]
             raise ConfigError(f"{path.name}: {name} must be {wanted}, not {type(value).__name__}.")
-        if isinstance(value, list):
-            data[name] = tuple(value)
+    for name in ("phone_column", "email_column"):  # one header or several, in order, as `send` takes
+        if name in data:
+            value = data.pop(name)
+            data[f"{name}s"] = (value,) if isinstance(value, str) else tuple(value)
     missing = [name for name in REQUIRED_SETTINGS if not data.get(name)]
     if missing:
         raise ConfigError(f"{path.name} has no {' and no '.join(missing)}.")

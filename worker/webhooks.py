@@ -41,6 +41,7 @@ import redis
 import structlog
 
 from worker import keys, metrics
+from worker.redis_server import as_text
 from worker.settings import Settings
 
 EVENT = "run.finished"
@@ -131,15 +132,15 @@ def announce_finished(client: redis.Redis, run_id: str, meta: dict[str, str], de
                       now: float | None = None) -> str | None:
     """Queue the announcement of a finished run once (the sweeper calls it before the run leaves
     dispatch:active); its delivery ID when queued now, else None (no URL applies, or announced before).
-    `default_url` None: the worker's DISPATCH_WEBHOOK_URL."""
+    The run's own webhook_url wins over `default_url` (the worker's DISPATCH_WEBHOOK_URL)."""
     finished_at = meta.get("finished_at")
     if not finished_at or meta.get("announced") == finished_at:
         return None
-    url = meta.get("webhook_url") or (Settings.from_env().webhook_url if default_url is None else default_url)
+    url = meta.get("webhook_url") or default_url
     if not url:
         return None
     raw = client.hgetall(keys.counts(run_id))
-    counts = {_text(s): int(n) for s, n in raw.items() if int(n) > 0}
+    counts = {as_text(s): int(n) for s, n in raw.items() if int(n) > 0}
     ident = delivery_id(run_id, finished_at)
     queued = client.register_script(ENQUEUE)(
         keys=[keys.run(run_id), keys.WEBHOOKS, keys.webhook(ident)],
@@ -222,7 +223,7 @@ def deliver_due(client: redis.Redis, secret: str | None, *, now: float | None = 
     http = http or httpx.Client(timeout=TIMEOUT, follow_redirects=False)
     try:
         for ident in due:
-            taken = take(client, _text(ident), now, lease)
+            taken = take(client, as_text(ident), now, lease)
             if taken is not None:
                 results[_attempt(client, http, taken, secret, now, jitter)] += 1
     finally:
@@ -238,7 +239,7 @@ def take(client: redis.Redis, ident: str, now: float, lease: float = LEASE) -> T
                                        args=[ident, now, now + lease, token])
     if not got:
         return None
-    url, body, first_at, attempts, run_id = (_text(x) if x is not None else "" for x in got)
+    url, body, first_at, attempts, run_id = (as_text(x) if x is not None else "" for x in got)
     return Taken(ident, url, body, float(first_at or now), int(attempts or 1), run_id, token)
 
 
@@ -303,6 +304,3 @@ def safe_url(url: str) -> str:
         port = ""
     return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

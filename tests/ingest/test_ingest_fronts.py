@@ -102,8 +102,8 @@ def test_campaign_fields_reach_the_file_run(dispatch):
     run = dispatch.start_from_file(campaign, HUBSPOT)
     statuses = _statuses(dispatch, run)
     assert [s for s, _ in statuses].count("invalid") == 3 and statuses[0] == ("pending", "+441174960860")
-    old_style = Campaign(channel="sms", directory="cam_1", region="GB", phone_column="Phone Number")
-    assert dispatch.ingest_options(old_style).explicit_columns("sms") == ("Phone Number",)
+    one_header = Campaign(channel="sms", directory="cam_1", region="GB", phone_columns="Phone Number")
+    assert dispatch.ingest_options(one_header).explicit_columns("sms") == ("Phone Number",)
 
 
 def test_submit_records_fall_back_and_refuse_landlines(dispatch_env, monkeypatch):

@@ -1,7 +1,6 @@
 """Fixtures for the service: a real `dispatch serve` process on a real socket, over the suite's Redis."""
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import FAST_POLICY, ROOT, wait_until
+from worker.cli.waiting import stop_process
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -64,13 +64,7 @@ def start_service(env: dict[str, str], *args: str, port: int | None = None) -> S
 
 
 def stop_service(served: Served) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(served.process.pid, 15)
-    try:
-        served.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(served.process.pid, 9)
-        served.process.wait()
+    stop_process(served.process, 20, term_group=True)
 
 
 @pytest.fixture(scope="module")

@@ -211,7 +211,7 @@ def test_upload_over_the_size_limit_is_413_and_leaves_no_file(service_env: dict[
         with served.client() as client:
             answer = upload(client, big)
             assert answer.status_code == 413
-            assert answer.json()["error"] == ("The file is larger than the limit of 1.95 KB "
+            assert answer.json()["error"] == ("The file is larger than the limit of 2.0 KB "
                                               "(DISPATCH_MAX_FILE_BYTES).")
 
             def chunks() -> Iterator[bytes]:  # no Content-Length: caught while streaming

@@ -24,7 +24,8 @@ def status(app: App, run_id: str, as_json: bool) -> None:
 @RUN_ID
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 @click.option("--status", "only", type=click.Choice([s.value for s in Status]), help="Only rows of this status.")
-@click.option("-o", "--output", "path", type=click.Path(dir_okay=False), help="File to write (default: standard output).")
+@click.option("-o", "--output", "path", type=click.Path(dir_okay=False),
+              help="File to write (default: standard output).")
 @pass_app
 def report(app: App, run_id: str, fmt: str, only: str | None, path: str | None) -> None:
     """Write one record per input row: row, recipient, status, error code and message, attempts."""
@@ -66,12 +67,8 @@ def pause(app: App, run_id: str) -> None:
 def resume(app: App, run_id: str, wait: bool, as_json: bool) -> None:
     """Continue a paused run."""
     changed = app.dispatch.resume(run_id)
-    if as_json and not wait:
-        click.echo(json.dumps({"run": run_id, "resumed": changed}))
-    elif not as_json:
-        _say_changed(changed, run_id, "resumed", err=wait)
-    if wait:
-        finish(await_run(app, run_id, as_json), as_json)
+    sentence = f"Run {run_id} resumed." if changed else _unchanged(run_id, "resumed")
+    _answer_then_wait(app, run_id, {"run": run_id, "resumed": changed}, sentence, wait, as_json)
 
 
 @click.command()
@@ -92,12 +89,8 @@ def cancel(app: App, run_id: str) -> None:
 def retry(app: App, run_id: str, include_uncertain: bool, wait: bool, as_json: bool) -> None:
     """Send `failed` recipients again (and `aborted` ones of an aborted run)."""
     count = app.dispatch.retry(run_id, include_uncertain=include_uncertain)
-    if as_json and not wait:
-        click.echo(json.dumps({"run": run_id, "queued": count}))
-    elif not as_json:
-        click.echo(f"Run {run_id}: {count} recipients queued again.", err=wait)
-    if wait:
-        finish(await_run(app, run_id, as_json), as_json)
+    _answer_then_wait(app, run_id, {"run": run_id, "queued": count},
+                      f"Run {run_id}: {count} recipients queued again.", wait, as_json)
 
 
 @click.command("wait")
@@ -120,11 +113,23 @@ def forget(app: App, run_id: str) -> None:
     click.echo(f"Run {run_id} forgotten.")
 
 
-def _say_changed(changed: bool, run_id: str, verb: str, err: bool = False) -> None:
-    if changed:
-        click.echo(f"Run {run_id} {verb}.", err=err)
-    else:
-        click.echo(f"Run {run_id}: not {verb} (its state does not allow it; nothing changed).", err=err)
+def _say_changed(changed: bool, run_id: str, verb: str) -> None:
+    click.echo(f"Run {run_id} {verb}." if changed else _unchanged(run_id, verb))
+
+
+def _unchanged(run_id: str, verb: str) -> str:
+    return f"Run {run_id}: not {verb} (its state does not allow it; nothing changed)."
+
+
+def _answer_then_wait(app: App, run_id: str, answer: dict, sentence: str, wait: bool, as_json: bool) -> None:
+    """A control command's answer (JSON, or a sentence: on stderr when --wait follows it), then with
+    --wait the progress and summary as for `send --wait`."""
+    if as_json and not wait:
+        click.echo(json.dumps(answer))
+    elif not as_json:
+        click.echo(sentence, err=wait)
+    if wait:
+        finish(await_run(app, run_id, as_json), as_json)
 
 
 COMMANDS = [status, report, list_runs, pause, resume, cancel, retry, wait_run, forget]

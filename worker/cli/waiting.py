@@ -112,10 +112,15 @@ def _worker_alive(app: App) -> bool:
 def _stop_local_worker(process: subprocess.Popen) -> None:
     """Warm shutdown (SIGTERM to the main process: batches in hand finish, so nothing ends uncertain);
     the whole group is killed only if that takes longer than a batch can live."""
+    stop_process(process, STOP_GRACE)
+
+
+def stop_process(process: subprocess.Popen, grace: float, *, term_group: bool = False) -> None:
+    """SIGTERM (to the process, or its whole group), then SIGKILL to the group after `grace` seconds."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, signal.SIGTERM)
+        (os.killpg if term_group else os.kill)(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=STOP_GRACE)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

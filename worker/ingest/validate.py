@@ -63,7 +63,8 @@ def _checked(options: IngestOptions) -> tuple[str, str | None, tuple[str, ...], 
     return channel, region, explicit, (options.allow_landlines, options.allow_smtputf8)
 
 
-def _size(n: int) -> str:
+def human_size(n: int) -> str:
+    """A byte count as people read it: 2.0 GB, 97.7 KB, 512 bytes."""
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -107,7 +108,7 @@ class RecipientFile:
             raise InputError(f"{name} cannot be read: permission denied.")
         limit = self.options.max_bytes
         if limit is not None and st.st_size > limit:
-            raise InputError(f"{name} is {_size(st.st_size)}; the limit is {_size(limit)}.")
+            raise InputError(f"{name} is {human_size(st.st_size)}; the limit is {human_size(limit)}.")
         if st.st_size == 0:
             raise InputError(f"{name} is empty.")
         return st.st_size
@@ -223,51 +224,47 @@ class RecipientFile:
         if len(layout.address_columns) > 1:
             yield from self._rows_several()
             return
-        width = len(layout.columns)
         address, country = layout.address, layout.country
         column = layout.address_column
         others = tuple((layout.columns[i], i) for i in layout.others)
-        records = self._records()
-        if self._has_header:
-            next(records, None)
-        row = 0
-        for cells in records:
-            row += 1
-            n = len(cells)
-            if n != width:
-                if n > width and not "".join(cells[width:]).strip():
-                    cells = cells[:width]  # trailing empty cells (a stray delimiter at the end of the line)
-                else:
-                    given = clean(cells[address]) if address < n else ""
-                    fields = {name: cells[i].strip() for name, i in others if i < n}
-                    yield (row, given, None, fields, _ragged(n, width), column)
-                    continue
-            yield (row, clean(cells[address]), None if country is None else cells[country],
-                   {name: cells[i].strip() for name, i in others}, "", column)
+        for row, cells, ragged in self._fitted():
+            if ragged:
+                n = len(cells)
+                given = clean(cells[address]) if address < n else ""
+                yield (row, given, None, {name: cells[i].strip() for name, i in others if i < n}, ragged, column)
+            else:
+                yield (row, clean(cells[address]), None if country is None else cells[country],
+                       {name: cells[i].strip() for name, i in others}, "", column)
 
     def _rows_several(self) -> Iterator[Row]:
         layout = self._layout
-        width = len(layout.columns)
         addresses, country = layout.addresses, layout.country
         names = layout.address_columns
         every = tuple(enumerate(layout.columns))
+        for row, cells, ragged in self._fitted():
+            if ragged:
+                n = len(cells)
+                given = tuple(clean(cells[i]) if i < n else "" for i in addresses)
+                yield (row, given, None, {name: cells[i].strip() for i, name in every if i < n}, ragged, names)
+            else:
+                yield (row, tuple(clean(cells[i]) for i in addresses), None if country is None else cells[country],
+                       {name: cells[i].strip() for i, name in every}, "", names)
+
+    def _fitted(self) -> Iterator[tuple[int, list[str], str]]:
+        """(row number, cells, reason the row is ragged or '') for every data record; a record with
+        only empty cells past the header's width (a stray delimiter at the line's end) is cut to fit."""
+        width = len(self._layout.columns)
         records = self._records()
         if self._has_header:
             next(records, None)
-        row = 0
-        for cells in records:
-            row += 1
+        for row, cells in enumerate(records, 1):
             n = len(cells)
-            if n != width:
-                if n > width and not "".join(cells[width:]).strip():
-                    cells = cells[:width]
-                else:
-                    given = tuple(clean(cells[i]) if i < n else "" for i in addresses)
-                    fields = {name: cells[i].strip() for i, name in every if i < n}
-                    yield (row, given, None, fields, _ragged(n, width), names)
-                    continue
-            yield (row, tuple(clean(cells[i]) for i in addresses), None if country is None else cells[country],
-                   {name: cells[i].strip() for i, name in every}, "", names)
+            if n == width:
+                yield row, cells, ""
+            elif n > width and not "".join(cells[width:]).strip():
+                yield row, cells[:width], ""
+            else:
+                yield row, cells, _ragged(n, width)
 
 
 def _ragged(n: int, width: int) -> str:

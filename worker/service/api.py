@@ -8,6 +8,7 @@ import io
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import structlog
@@ -129,6 +130,9 @@ def _csv_lines(rows) -> Iterator[str]:
 
 
 # -- starting runs --------------------------------------------------------------------------------------
+CAMPAIGN_FIELDS = {f.name for f in dataclass_fields(Campaign)}
+
+
 class RunRequest(BaseModel):
     """The body of POST /api/runs: an upload ID or a list of recipients, and the campaign."""
 
@@ -156,12 +160,10 @@ class RunRequest(BaseModel):
     allow_smtputf8: bool = False
 
     def campaign(self, channel: str) -> Campaign:
-        return Campaign(channel=channel, directory=self.directory, body=self.body, subject=self.subject,
-                        region=self.region or None, rate=self.rate, api_url=self.api_url or None,
-                        sandbox=self.sandbox, webhook_url=self.webhook_url, send_at=self.send_at,
-                        window=self.window, timezone=self.timezone, max_segments=self.max_segments,
-                        phone_columns=tuple(self.phone_columns), email_columns=tuple(self.email_columns),
-                        allow_landlines=self.allow_landlines, allow_smtputf8=self.allow_smtputf8)
+        """The request's campaign fields as worker.campaigns.Campaign (empty texts meaning none)."""
+        chosen = self.model_dump(include=CAMPAIGN_FIELDS)
+        return Campaign(**{**chosen, "channel": channel, "region": self.region or None, "api_url": self.api_url or None,
+                           "phone_columns": tuple(self.phone_columns), "email_columns": tuple(self.email_columns)})
 
 
 def parse_run_request(body: Any, max_rows: int) -> RunRequest:

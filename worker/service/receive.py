@@ -14,6 +14,7 @@ from python_multipart.multipart import MultipartParseError, MultipartParser, par
 from starlette.requests import Request
 
 from worker.campaigns import CHANNELS, Campaign
+from worker.ingest.validate import human_size
 from worker.service.app import HTTPProblem, Service
 from worker.settings import Settings
 
@@ -57,16 +58,8 @@ def uploads_dir(settings: Settings) -> Path:
 
 
 def too_large(settings: Settings) -> HTTPProblem:
-    return HTTPProblem(413, f"The file is larger than the limit of {_size(settings.max_file_bytes)} "
+    return HTTPProblem(413, f"The file is larger than the limit of {human_size(settings.max_file_bytes)} "
                             "(DISPATCH_MAX_FILE_BYTES).")
-
-
-def _size(n: int) -> str:
-    """A byte count as people read it: 2 GB, 97.66 KB, 512 bytes."""
-    for unit, scale in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
-        if n >= scale:
-            return f"{n / scale:.2f}".rstrip("0").rstrip(".") + f" {unit}"
-    return f"{n} bytes"
 
 
 class _Receiver:
@@ -127,7 +120,7 @@ class _Receiver:
         self._data += data[start:end]
         cap = LONG_FIELDS.get(self._name, MAX_FIELD_BYTES)
         if len(self._data) > cap:
-            raise HTTPProblem(400, f"The field {self._name[:40]!r} is longer than {_size(cap)}.")
+            raise HTTPProblem(400, f"The field {self._name[:40]!r} is longer than {human_size(cap)}.")
 
     def on_part_end(self) -> None:
         if self._in_file:
