@@ -78,7 +78,11 @@ class Plan:
 
     # -- recording -----------------------------------------------------------------------------
     def values(self, recipient: str, fields: Mapping[str, str]) -> dict[str, str]:
-        values = field_values(fields)
+        """A row's field values by field name (from its columns keyed by header)."""
+        return self._with_recipient(field_values(fields), recipient)
+
+    def _with_recipient(self, values: dict[str, str], recipient: str) -> dict[str, str]:
+        """The values, with the recipient under the address column's field name."""
         if self.address_field:
             values[self.address_field] = recipient
         return values
@@ -118,9 +122,7 @@ class Plan:
     # -- sending -------------------------------------------------------------------------------
     def at_send(self, recipient: str, data: str | None, now: float) -> AtSend:
         """The text to send now, or when the row must wait (its window has closed since), or invalid."""
-        values = dict(zip(self.stored, json.loads(data))) if data else {}
-        if self.address_field:
-            values[self.address_field] = recipient
+        values = self._with_recipient(dict(zip(self.stored, json.loads(data))) if data else {}, recipient)
         if self.window is not None:
             due, reason = self._window_opens(recipient, values.get(TIMEZONE_FIELD, ""), now)
             if reason:
